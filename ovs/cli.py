@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from ovs.results import format_markdown, write_results
 
@@ -75,21 +76,13 @@ def latest_run_with_checkpoint(config: Path, root: Path | str = "outputs") -> Pa
 
 
 def trainer_defaults(run_dir: Path) -> dict[str, Any]:
-    """Defaults every config inherits: run directory, TensorBoard, checkpoints with ``last.ckpt``, Rich progress."""
+    """Trainer defaults every config inherits: the run directory and a TensorBoard logger writing into it."""
     return {
         "default_root_dir": str(run_dir),
         "logger": {
             "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
             "init_args": {"save_dir": str(run_dir), "name": "", "version": ""},
         },
-        "callbacks": [
-            {
-                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                "init_args": {"dirpath": str(run_dir / "checkpoints"), "save_last": True},
-            },
-            {"class_path": "lightning.pytorch.callbacks.RichProgressBar"},
-            {"class_path": "lightning.pytorch.callbacks.LearningRateMonitor"},
-        ],
     }
 
 
@@ -109,6 +102,13 @@ class OVSCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Callbacks every run gets, configurable as ``checkpoint.*``, ``progress_bar.*``, ``lr_monitor.*``."""
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.dirpath": str(self.run_dir / "checkpoints"), "checkpoint.save_last": True})
+        parser.add_lightning_class_args(RichProgressBar, "progress_bar")
+        parser.add_lightning_class_args(LearningRateMonitor, "lr_monitor")
 
 
 def _split_config_arg(argv: list[str], description: str) -> tuple[argparse.Namespace, list[str]]:

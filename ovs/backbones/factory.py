@@ -36,10 +36,15 @@ _registered_configs = False
 
 
 def register_model_configs() -> None:
-    """Make ovs's own model configs (``ovs/backbones/model_configs/*.json``) known to open_clip, once."""
+    """Make model configs known to open_clip, once: ovs's own (``ovs/backbones/model_configs/*.json``) and every
+    directory listed in ``$OVS_MODEL_CONFIG_PATH`` (``os.pathsep``-separated; for your own architectures)."""
     global _registered_configs
     if not _registered_configs:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
+        for extra in filter(None, os.environ.get("OVS_MODEL_CONFIG_PATH", "").split(os.pathsep)):
+            if not Path(extra).is_dir():
+                raise FileNotFoundError(f"OVS_MODEL_CONFIG_PATH entry {extra} is not a directory of open_clip JSONs.")
+            open_clip.add_model_config(extra)
         _registered_configs = True
 
 
