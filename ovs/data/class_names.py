@@ -1,0 +1,113 @@
+"""Class-name files with synonyms, and the seen/unseen split by synonym match.
+
+Files live in ``ovs/data/class_names/<name>.txt``: one line per class, synonyms separated by ", ", the first synonym
+is the display name. Two styles ship (maskclippp.md §6.2, training-free.md §10):
+
+* FC-CLIP / ODISE "openseg" names used by MaskCLIP++ (``ade150``, ``ade847``, ``coco_panoptic``, ``coco_stuff``,
+  ``pc59``, ``pc459``, ``voc21``, ``voc20``, ``cityscapes``), converted from ``<dataset>_with_prompt_eng.txt``
+  (``id:`` prefixes and ``invalid_class_id`` lines dropped, repeated synonyms within a line removed);
+* SCLIP ``configs/cls_*.txt`` files (``sclip_voc21`` … ``sclip_ade20k``) as released, surrounding spaces stripped
+  (``cls_context60``'s ``"wood "`` becomes ``"wood"``; CLIP's tokenizer strips it anyway).
+
+The seen/unseen split follows MaskCLIP++ (maskclippp.md §9.1, quirk Q10): an evaluation class is *seen* when any of
+its synonyms equals a synonym of a training class; we compare names normalised to lower case with spaces,
+underscores and hyphens removed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+CLASS_NAMES_DIR = Path(__file__).parent / "class_names"
+"""Directory of the packaged class-name files."""
+
+
+class ClassNamesError(ValueError):
+    """A class-name file is malformed (empty line, empty synonym, duplicate synonym or duplicate class)."""
+
+
+def available_class_names() -> list[str]:
+    """Names of the packaged class-name files (without ``.txt``)."""
+    return sorted(p.stem for p in CLASS_NAMES_DIR.glob("*.txt"))
+
+
+def class_names_path(name_or_path: str | os.PathLike[str]) -> Path:
+    """Resolve a packaged file name (``"ade150"``) or an explicit path to a class-name file."""
+    path = Path(name_or_path)
+    if path.suffix == ".txt" or path.parent != Path("."):
+        if not path.is_file():
+            raise FileNotFoundError(f"Class-name file {path} does not exist.")
+        return path
+    packaged = CLASS_NAMES_DIR / f"{name_or_path}.txt"
+    if not packaged.is_file():
+        raise FileNotFoundError(
+            f"No packaged class-name file {name_or_path!r} (looked for {packaged}); "
+            f"available: {', '.join(available_class_names())}. Pass a path to use your own file."
+        )
+    return packaged
+
+
+def parse_class_names(text: str, source: str = "<string>") -> list[list[str]]:
+    """Parse class-name text (one class per line, synonyms split on ","), validating it.
+
+    A trailing newline at the end of the file is allowed; any other empty line, an empty synonym, a synonym repeated
+    within a line, or two lines with the same synonym list raise :class:`ClassNamesError` naming ``source``.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines = lines[:-1]
+    if not lines:
+        raise ClassNamesError(f"Class-name file {source} is empty.")
+    classes: list[list[str]] = []
+    first_line: dict[tuple[str, ...], int] = {}
+    for number, line in enumerate(lines, start=1):
+        names = [name.strip() for name in line.split(",")]
+        if not line.strip():
+            raise ClassNamesError(f"Class-name file {source}: line {number} is empty; write one class per line.")
+        if any(not name for name in names):
+            raise ClassNamesError(f"Class-name file {source}: line {number} ({line!r}) has an empty synonym.")
+        if len(set(names)) != len(names):
+            raise ClassNamesError(f"Class-name file {source}: line {number} ({line!r}) repeats a synonym.")
+        key = tuple(sorted(normalize_name(name) for name in names))
+        if key in first_line:
+            raise ClassNamesError(
+                f"Class-name file {source}: line {number} ({line!r}) duplicates the class on line {first_line[key]}."
+            )
+        first_line[key] = number
+        classes.append(names)
+    return classes
+
+
+def load_class_names(name_or_path: str | os.PathLike[str]) -> list[list[str]]:
+    """Load and validate a class-name file: ``list[list[str]]``, synonyms per class, first = display name."""
+    path = class_names_path(name_or_path)
+    return parse_class_names(path.read_text(encoding="utf-8"), source=str(path))
+
+
+def write_class_names(path: str | os.PathLike[str], classes: Sequence[Sequence[str]]) -> None:
+    """Write classes in the packaged format (one line per class, synonyms joined by ", ")."""
+    Path(path).write_text("\n".join(", ".join(names) for names in classes) + "\n", encoding="utf-8")
+
+
+_NORMALIZE = re.compile(r"[\s_\-]+")
+
+
+def normalize_name(name: str) -> str:
+    """Lower-case ``name`` and remove spaces, underscores and hyphens (``"Traffic-light"`` -> ``"trafficlight"``)."""
+    return _NORMALIZE.sub("", name.lower())
+
+
+def seen_mask(eval_names: Sequence[Sequence[str]], train_names: Sequence[Sequence[str]]) -> torch.Tensor:
+    """``bool [K_eval]``: True where an evaluation class shares a normalised synonym with any training class.
+
+    ADE-150 against COCO-Panoptic-133 gives 64 seen / 86 unseen classes (maskclippp.md §7.1).
+    """
+    train_vocabulary = {normalize_name(name) for names in train_names for name in names}
+    return torch.tensor(
+        [any(normalize_name(name) in train_vocabulary for name in names) for names in eval_names], dtype=torch.bool
+    )
