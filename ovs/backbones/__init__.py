@@ -1,6 +1,7 @@
 """CLIP backbone layer: open_clip loading, hookable ViT forward, ConvNeXt / ResNet dense features, text classifier."""
 
 from ovs.backbones.cnn import CLIPConvNeXt, CLIPResNet
+from ovs.backbones.eva import CLIPEva
 from ovs.backbones.factory import CLIP, WeightsNotFoundError, create_clip, load_state_dict_file, register_model_configs
 from ovs.backbones.templates import TEMPLATE_SETS, get_templates
 from ovs.backbones.text import TextClassifier, build_text_classifier
@@ -24,6 +25,7 @@ __all__ = [
     "AttentionInputs",
     "BlockOverride",
     "CLIPConvNeXt",
+    "CLIPEva",
     "CLIPResNet",
     "CLIPViT",
     "ParallelPathway",

@@ -25,6 +25,7 @@ from open_clip.transformer import VisionTransformer
 from torch import Tensor, nn
 
 from ovs.backbones.cnn import CLIPConvNeXt, CLIPResNet
+from ovs.backbones.eva import CLIPEva, is_eva_tower
 from ovs.backbones.vit import CLIPViT
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -175,8 +176,8 @@ class CLIP(nn.Module):
 
     Attributes:
         model: the open_clip model (``encode_text`` / ``encode_image`` as usual).
-        dense: :class:`CLIPViT`, :class:`CLIPConvNeXt` or :class:`CLIPResNet`.
-        architecture: ``"vit"``, ``"convnext"`` or ``"resnet"``.
+        dense: :class:`CLIPViT`, :class:`CLIPEva`, :class:`CLIPConvNeXt` or :class:`CLIPResNet`.
+        architecture: ``"vit"``, ``"eva"``, ``"convnext"`` or ``"resnet"``.
         model_name, pretrained: how it was created (for caches and checkpoints).
     """
 
@@ -194,8 +195,11 @@ class CLIP(nn.Module):
         self.pretrained = pretrained
         visual = model.visual
         if isinstance(visual, VisionTransformer):
-            self.dense: CLIPViT | CLIPConvNeXt | CLIPResNet = CLIPViT(visual)
+            self.dense: CLIPViT | CLIPEva | CLIPConvNeXt | CLIPResNet = CLIPViT(visual)
             self.architecture = "vit"
+        elif is_eva_tower(visual):
+            self.dense = CLIPEva(visual)
+            self.architecture = "eva"
         elif isinstance(visual, TimmModel):
             self.dense = CLIPConvNeXt(visual)
             self.architecture = "convnext"

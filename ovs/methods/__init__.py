@@ -1,7 +1,8 @@
-"""LightningModules of the methods: the eval-only dense base class and the training-free methods."""
+"""LightningModules of the methods: the eval-only dense base class, the training-free methods and MaskCLIP++."""
 
 from ovs.methods.api import SegmentationResult, create_segmenter, segment
 from ovs.methods.base import DenseSegmenter, Vocabulary
+from ovs.methods.maskclippp import MaskCLIPPP
 from ovs.methods.training_free import (
     GEM,
     METHODS,
@@ -20,6 +21,7 @@ __all__ = [
     "GEM",
     "METHODS",
     "MaskCLIP",
+    "MaskCLIPPP",
     "NACLIP",
     "SCLIP",
     "SegmentationResult",

@@ -25,9 +25,11 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from ovs.backbones import CLIP, TextClassifier, ViTDenseOutput, ViTPolicy, build_text_classifier, create_clip
+from ovs.backbones.vit import POS_EMBED_MODES
 from ovs.data import IGNORE_INDEX, load_class_names
 from ovs.data.transforms import resize_image
 from ovs.evaluation import SemanticSegMetric, log_overlay, log_per_class_iou_table, make_palette
+from ovs.evaluation.semantic import CONVENTIONS
 from ovs.inference import (
     InferenceConfig,
     PostProcessed,
@@ -144,6 +146,10 @@ class DenseSegmenter(LightningModule):
         self.save_hyperparameters(ignore=["clip"])
         if num_overlays < 0:
             raise ValueError(f"num_overlays must be >= 0, got {num_overlays}.")
+        if miou_convention not in (*CONVENTIONS, None):
+            raise ValueError(f"miou_convention must be one of {CONVENTIONS} or None, got {miou_convention!r}.")
+        if pos_embed is not None and pos_embed not in POS_EMBED_MODES:
+            raise ValueError(f"pos_embed must be one of {POS_EMBED_MODES} or None, got {pos_embed!r}.")
         if clip is None:
             clip = create_clip(model_name, pretrained, force_quick_gelu=force_quick_gelu, strict=strict_weights)
             clip.requires_grad_(False)
@@ -252,11 +258,14 @@ class DenseSegmenter(LightningModule):
     # Inference
 
     def autocast(self) -> AbstractContextManager[Any]:
-        """bf16 / fp16 autocast on CUDA (spec §9.2); fp32 elsewhere."""
+        """Backbone autocast: ``precision`` on CUDA (bf16 default, spec §9.2 uses fp16), ``cpu_precision`` on CPU
+        (fp32 default); other devices run fp32."""
         device = self.clip.pixel_mean.device
-        if device.type != "cuda" or self.config.precision == "fp32":
-            return nullcontext()
-        return torch.autocast("cuda", dtype=_AUTOCAST_DTYPES[self.config.precision])
+        if device.type == "cuda" and self.config.precision != "fp32":
+            return torch.autocast("cuda", dtype=_AUTOCAST_DTYPES[self.config.precision])
+        if device.type == "cpu" and self.config.cpu_precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return nullcontext()
 
     def encode_windows(self, windows: Tensor) -> Tensor:
         """Per-name logits of normalised windows: ``[N, 3, h, w] -> [N, K_names, h, w]`` (spec §2.3: cosine on the

@@ -330,7 +330,7 @@ class GEM(DenseSegmenter):
 def check_depth(depth: int, num_blocks: int) -> None:
     """A parallel path needs ``1 <= depth <= num_blocks``."""
     if not 1 <= depth <= num_blocks:
-        raise ValueError(f"Parallel-path depth must be in 1..{num_blocks} for this {num_blocks}-block ViT, got {depth}.")
+        raise ValueError(f"Parallel-path depth must be in 1..{num_blocks} for a {num_blocks}-block ViT, got {depth}.")
 
 
 #: Method name -> class (the ``method`` argument of :func:`ovs.methods.create_segmenter`).
