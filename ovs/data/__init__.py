@@ -29,6 +29,7 @@ from ovs.data.pascal import (
     PascalVOCDataModule,
 )
 from ovs.data.registry import EVAL_PRESETS, EvalPreset, build_eval_datamodule, get_eval_preset
+from ovs.data.sampler import ResumableDataLoader, ResumableSampler
 
 __all__ = [
     "ADE20K",
@@ -58,6 +59,8 @@ __all__ = [
     "PascalVOC20",
     "PascalVOC21",
     "PascalVOCDataModule",
+    "ResumableDataLoader",
+    "ResumableSampler",
     "SegDataModule",
     "SegmentationDataset",
     "SemanticSegDataset",

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from ovs.data.base import ClassNamesArg, SegmentationDataset
 from ovs.data.class_names import load_class_names, seen_mask
 from ovs.data.collate import list_collate
+from ovs.data.sampler import ResumableDataLoader, ResumableSampler
 from ovs.data.transforms import build_test_resize
 
 MIOU_CONVENTIONS = ("detectron2", "mmseg")
@@ -33,6 +34,8 @@ class SegDataModule(LightningDataModule):
         batch_size: training batch size.
         eval_batch_size: evaluation batch size (default 1, as both references).
         num_workers: DataLoader workers.
+        seed: base seed of the training order (:class:`ovs.data.sampler.ResumableSampler`: epoch ``e`` is the
+            permutation seeded by ``seed + e``, resumed mid-epoch from checkpoints).
         test_resize: optional test-time image resize, see :func:`ovs.data.transforms.build_test_resize`.
         class_names: override of the dataset's class-name file (same number of classes).
         miou_convention: ``"detectron2"`` or ``"mmseg"``, read by the method when it builds its metric.
@@ -50,6 +53,7 @@ class SegDataModule(LightningDataModule):
         batch_size: int = 4,
         eval_batch_size: int = 1,
         num_workers: int = 0,
+        seed: int = 0,
         test_resize: dict[str, Any] | None = None,
         class_names: ClassNamesArg = None,
         miou_convention: str = "detectron2",
@@ -65,6 +69,7 @@ class SegDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.seed = seed
         self.test_resize = test_resize
         self.image_transform = build_test_resize(test_resize)
         self.class_names_arg = class_names
@@ -123,27 +128,37 @@ class SegDataModule(LightningDataModule):
         if stage in ("test", "predict", None):
             self.test_dataset = self.build_eval_dataset()
 
-    def _loader(self, dataset: Dataset[Any] | None, batch_size: int, train: bool) -> DataLoader[Any]:
+    def _loader(self, dataset: Dataset[Any] | None, batch_size: int) -> DataLoader[Any]:
+        """Evaluation loader: in order, every sample."""
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() for this stage before asking for its loader.")
         return DataLoader(
             dataset,
             batch_size=batch_size,
-            shuffle=train,
-            drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=list_collate,
         )
 
-    def train_dataloader(self) -> DataLoader[Any]:
-        return self._loader(self.train_dataset, self.batch_size, train=True)
+    def train_dataloader(self) -> ResumableDataLoader:
+        """Shuffled, ``drop_last`` loader whose position in the epoch is saved in (and resumed from) checkpoints."""
+        if self.train_dataset is None:
+            raise RuntimeError(f"{type(self).__name__}: call setup() for this stage before asking for its loader.")
+        return ResumableDataLoader(
+            self.train_dataset,
+            sampler=ResumableSampler(self.train_dataset, seed=self.seed),
+            batch_size=self.batch_size,
+            drop_last=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=list_collate,
+        )
 
     def val_dataloader(self) -> DataLoader[Any]:
-        return self._loader(self.val_dataset, self.eval_batch_size, train=False)
+        return self._loader(self.val_dataset, self.eval_batch_size)
 
     def test_dataloader(self) -> DataLoader[Any]:
-        return self._loader(self.test_dataset, self.eval_batch_size, train=False)
+        return self._loader(self.test_dataset, self.eval_batch_size)
 
     def predict_dataloader(self) -> DataLoader[Any]:
-        return self._loader(self.test_dataset, self.eval_batch_size, train=False)
+        return self._loader(self.test_dataset, self.eval_batch_size)
