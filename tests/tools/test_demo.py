@@ -1,0 +1,34 @@
+"""Mini end-to-end run of the main job (``make demo``) on a tiny synthetic split with the committed toy CLIP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ovs.cli import REPO_ROOT
+
+
+def test_quick_demo_produces_a_finite_table(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "tools" / "demo.py"), "--quick", "--output", str(tmp_path / "outputs")],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| method | mIoU |" in result.stdout
+    runs = list((tmp_path / "outputs" / "demo").iterdir())
+    assert len(runs) == 1
+    rows = json.loads((runs[0] / "results.json").read_text())
+    methods = [row["method"] for row in rows]
+    training_free = {"clip", "maskclip", "clip_surgery", "sclip", "gem", "clearclip", "naclip"}
+    assert training_free <= set(methods)
+    assert "MaskCLIP++, GT masks" in methods and "MaskCLIP++, GT masks, no PSM" in methods
+    for row in rows:
+        assert all(math.isfinite(row[key]) for key in ("mIoU", "mIoU_seen", "mIoU_unseen"))
+        assert 0.0 <= row["mIoU"] <= 100.0
+    assert all(math.isfinite(row["mask_acc"]) for row in rows if "GT masks" in row["method"])
+    assert len(list(runs[0].glob("overlay_*.png"))) == len(training_free)
