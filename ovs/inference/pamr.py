@@ -62,7 +62,7 @@ def pamr(image: Tensor, logits: Tensor, steps: int, dilations: Sequence[int] = (
         position = 0
         for dilation in dilations:
             for neighbour in _neighbours(mask, dilation):
-                refined += affinity[:, position:position + 1] * neighbour
+                refined.addcmul_(affinity[:, position:position + 1], neighbour)  # in place, no temporary
                 position += 1
         mask = refined
     return mask

@@ -56,7 +56,8 @@ def area_threshold(probs: Tensor, area_thd: float, background_index: int | None)
     """Zero the probability maps of classes whose argmax area is at most ``area_thd`` times the total argmax area
     of the non-background classes (SCLIP VOC-21, spec §2.4 step 3): ``[K, H, W] -> [K, H, W]``."""
     num_classes = probs.shape[0]
-    areas = torch.bincount(probs.argmax(dim=0).flatten(), minlength=num_classes).to(probs.dtype)  # [K]
+    winners = probs.argmax(dim=0).flatten()  # [H * W]
+    areas = probs.new_zeros(num_classes).index_add_(0, winners, probs.new_ones(winners.shape))  # [K], no sync
     foreground = torch.ones(num_classes, dtype=torch.bool, device=probs.device)
     if background_index is not None:
         foreground[background_index] = False

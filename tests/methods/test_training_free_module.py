@@ -115,6 +115,19 @@ def test_every_method_runs_on_the_toy_vit(toy_vit, method: str) -> None:
     assert scores.shape == (1, 3, 120, 150) and torch.isfinite(scores).all()
 
 
+@pytest.mark.parametrize("method", ["sclip", "gem"])
+def test_methods_follow_the_model_patch_size_vit_b32(method: str) -> None:
+    """A ViT-B/32 (patch 32, 12 blocks): the grid, windows and GEM depth come from the model."""
+    from ovs.backbones import create_clip
+
+    model = METHODS[method](clip=create_clip("ViT-B-32", force_quick_gelu=True),
+                            inference={"size": 96, "slide_crop": 64, "slide_stride": 32, "templates": "single"})
+    model.set_vocabulary(["cat", "dog"])
+    assert model.patch_size == 32
+    scores = model([torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8)])[0]
+    assert scores.shape == (2, 90, 120) and torch.isfinite(scores).all()
+
+
 def test_eval_tool_prints_one_table_across_datasets(voc_root: Path, tmp_path: Path) -> None:
     """``tools/eval.py --config sclip_vit_b16.yaml --datasets voc21,voc20`` with the tiny ViT on fake data."""
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OVS_MODEL_CONFIG_PATH=str(TEST_MODEL_CONFIGS))
