@@ -44,6 +44,7 @@ class SceneConfig:
         min_visible_fraction: smallest visible fraction of a kept instance's in-frame area.
         mono_colour_prob: probability that all things of a scene share one colour (scenes that only shapes tell
             apart: hard negatives for contrastive pre-training).
+        max_rotation: shapes are rotated by an angle drawn uniformly from ``[-max_rotation, max_rotation]`` radians.
     """
 
     image_size: int = 112
@@ -56,6 +57,7 @@ class SceneConfig:
     min_visible_area: int = 40
     min_visible_fraction: float = 0.45
     mono_colour_prob: float = 0.0
+    max_rotation: float = 0.6
 
     def __post_init__(self) -> None:
         """Validate the ranges."""
@@ -283,7 +285,7 @@ def _sample_instances(cfg: SceneConfig, rng: np.random.Generator) -> list[Instan
                 cx=float(rng.uniform(margin, s - margin)),
                 cy=float(rng.uniform(margin, s - margin)),
                 radius=radius,
-                angle=float(rng.uniform(-0.6, 0.6)),
+                angle=float(rng.uniform(-cfg.max_rotation, cfg.max_rotation)),
                 rgb=(float(rgb[0]), float(rgb[1]), float(rgb[2])),
                 light=float(rng.uniform(0, 2 * math.pi)),
             )
