@@ -4,7 +4,8 @@
     python tools/benchmark.py --methods sclip,gem --protocol gem --device cuda --iters 20 --batch 16
 
 Protocols (training-free spec §2.3, §3.1), on random OpenAI-architecture ViT-B/16 weights (QuickGELU) and random
-uint8 images, text embeddings precomputed (random, for the SCLIP VOC-21 vocabulary: 21 classes):
+uint8 images, text embeddings precomputed for the SCLIP VOC-21 vocabulary (21 classes; random unit vectors for the
+SCLIP protocol, the random text tower's ``a photo of a {}.`` embeddings for the GEM protocol):
 
 * ``sclip``: 375 x 500 images (PASCAL VOC's typical size) -> short side 336 -> 2 x 3 windows of 224, stride 112 ->
   logits back at 375 x 500 -> VOC-21 post-processing (56 names, logit scale 65, synonym max, area 0.1,
@@ -17,7 +18,8 @@ times a re-creation of the authors' released inference loop, written from the sp
 SCLIP = one window at a time through a sequence-first (LND) ViT with explicit ``bmm`` attention maps in the last
 block, canvas updates through full-size ``F.pad``, synonyms merged by the ``[K, K_names, H, W]`` one-hot product;
 GEM = the ``gem_torch`` wrapper's sequence-first forward with explicit q-k and self-self attention maps on the last
-blocks. Label maps of ovs and the re-creation are compared (agreement in percent of pixels) so both compute the same
+blocks, timed twice: with the text embeddings cached (``reference``, the image path alone) and as the released
+``GEMWrapper.forward(image, text)``, which encodes the prompts on every call (``reference-api``). Label maps of ovs and the re-creation are compared (agreement in percent of pixels) so both compute the same
 thing.
 
 Each measurement runs in its own subprocess: peak memory is ``torch.cuda.max_memory_allocated`` during the timed runs
@@ -48,7 +50,9 @@ from torch import Tensor
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from ovs.backbones import CLIP, TextClassifier, create_clip, interpolate_pos_embed  # noqa: E402
+from ovs.backbones import (  # noqa: E402
+    CLIP, TextClassifier, build_text_classifier, create_clip, interpolate_pos_embed,
+)
 from ovs.data import load_class_names  # noqa: E402
 from ovs.inference import resize_for_inference  # noqa: E402
 from ovs.methods import METHODS  # noqa: E402
@@ -69,6 +73,9 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     },
 }
 BASELINES = {"sclip": "sclip", "gem": "gem"}  # protocol -> method with an authors'-loop re-creation
+REFERENCES = {"sclip": ("reference",), "gem": ("reference", "reference-api")}
+"""Re-creations per protocol: ``reference`` = the image path with cached text; ``reference-api`` = GEM's released
+``GEMWrapper.forward``, which also encodes the prompts on every call."""
 VOCABULARY = "sclip_voc21"
 
 
@@ -191,12 +198,21 @@ class SCLIPReference:
 
 
 class GEMReference:
-    """The ``gem_torch`` wrapper forward (spec §3.2-3.3) with the VOC background rule, batch size 1."""
+    """The ``gem_torch`` wrapper forward (spec §3.2-3.3) with the VOC background rule, batch size 1.
 
-    def __init__(self, clip: CLIP, classifier: TextClassifier, depth: int, class_ids: Tensor) -> None:
+    ``prompts_per_call``: encode the prompts on every call, as ``GEMWrapper.forward(image, text)`` and
+    ``batched_forward`` do (the package has no way to pass cached text embeddings); otherwise use the precomputed
+    embeddings (the image path alone).
+    """
+
+    def __init__(
+        self, clip: CLIP, classifier: TextClassifier, depth: int, class_ids: Tensor, prompts_per_call: bool = False
+    ) -> None:
         self.clip, self.depth = clip, depth
         keep = torch.isin(classifier.name_to_class, class_ids)
         self.text = classifier.embeddings[keep]
+        self.prompts = [f"a photo of a {classifier.class_names[c][0]}." for c in classifier.name_to_class[keep].tolist()]
+        self.prompts_per_call = prompts_per_call
         self.class_ids = class_ids
 
     def encode_image(self, image: Tensor) -> Tensor:
@@ -238,8 +254,9 @@ class GEMReference:
         for image in images:
             normalised = self.clip.normalize(image[None])
             features = F.normalize(self.encode_image(normalised)[:, 1:], dim=-1)
+            text = self.clip.encode_text(self.prompts) if self.prompts_per_call else self.text
             h, w = normalised.shape[-2] // patch, normalised.shape[-1] // patch
-            logits = (features @ self.text.T).permute(0, 2, 1).reshape(1, -1, h, w)
+            logits = (features @ text.T).permute(0, 2, 1).reshape(1, -1, h, w)
             logits = F.interpolate(logits, size=normalised.shape[-2:], mode="bilinear")[0]  # [K, H, W]
             low = logits.amin(dim=(1, 2), keepdim=True)
             minmax = (logits - low) / (logits.amax(dim=(1, 2), keepdim=True) - low)
@@ -270,9 +287,16 @@ def peak_tensor_memory(run: Callable[[], object]) -> int:
     return peak
 
 
+def gem_classifier(clip: CLIP) -> TextClassifier:
+    """GEM protocol: the (random) text tower's embeddings of ``a photo of a {}.`` for the first name of each VOC-21
+    class, so that the released-API re-creation, which encodes the prompts itself, gives the same logits."""
+    names = [synonyms[:1] for synonyms in load_class_names(VOCABULARY)]
+    return build_text_classifier(clip, names, templates="single")
+
+
 def random_classifier(clip: CLIP, device: torch.device, synonyms: bool) -> TextClassifier:
     """Random unit text embeddings for the SCLIP VOC-21 vocabulary, with its synonyms (56 names) or only the first
-    name of each class (GEM has no synonyms); the benchmark times images, not text."""
+    name of each class; the SCLIP protocol times images, not text (SCLIP encodes its prompts once)."""
     names = load_class_names(VOCABULARY)
     if not synonyms:
         names = [synonyms_of_class[:1] for synonyms_of_class in names]
@@ -287,7 +311,7 @@ def measure(method: str, implementation: str, protocol: str, device: torch.devic
     torch.manual_seed(0)
     clip = create_clip("ViT-B-16", None, force_quick_gelu=True).to(device).eval()
     settings = PROTOCOLS[protocol]
-    classifier = random_classifier(clip, device, synonyms=settings["synonyms"])
+    classifier = gem_classifier(clip) if protocol == "gem" else random_classifier(clip, device, settings["synonyms"])
     generator = torch.Generator().manual_seed(2)
     images = [torch.randint(0, 256, (3, *settings["image_size"]), dtype=torch.uint8, generator=generator).to(device)
               for _ in range(batch)]
@@ -304,7 +328,8 @@ def measure(method: str, implementation: str, protocol: str, device: torch.devic
         reference = SCLIPReference(clip, classifier, asdict(segmenter.config), autocast)
         run = torch.inference_mode()(lambda: reference(images))
     else:
-        gem_reference = GEMReference(clip, classifier, segmenter.depth, torch.arange(1, 21, device=device))
+        gem_reference = GEMReference(clip, classifier, segmenter.depth, torch.arange(1, 21, device=device),
+                                     prompts_per_call=implementation == "reference-api")
         run = torch.inference_mode()(lambda: gem_reference(images))
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     peak = 0 if cuda else peak_tensor_memory(run)  # CPU: also the first (warm-up) call
@@ -386,20 +411,23 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     for protocol in protocols:
         for method in args.methods.split(","):
             implementations = ["ovs"] + (["ovs-bf16"] if args.device == "cpu" and args.cpu_bf16 else [])
+            ours_impls = list(implementations)
             if not args.no_baseline and BASELINES[protocol] == method:
-                implementations.append("reference")
+                implementations += REFERENCES[protocol]
             results: dict[str, dict[str, Any]] = {}
             for _ in range(args.rounds):  # alternate implementations, keep each one's best round
                 for impl in implementations:
                     result = run_worker(args, method, impl, protocol)
                     if impl not in results or result["images_per_s"] > results[impl]["images_per_s"]:
                         results[impl] = result
-            if "reference" in results:
-                reference = results["reference"]
-                for impl in implementations[:-1]:
+            for reference_impl in implementations[len(ours_impls):]:
+                reference = results[reference_impl]
+                for impl in ours_impls:
                     ours, theirs = torch.tensor(results[impl]["labels"]), torch.tensor(reference["labels"])
-                    results[impl]["agreement_pct"] = 100 * float((ours == theirs).float().mean())
-                    results[impl]["speedup_vs_reference"] = results[impl]["images_per_s"] / reference["images_per_s"]
+                    results[impl][f"agreement_pct_{reference_impl}"] = 100 * float((ours == theirs).float().mean())
+                    results[impl][f"speedup_vs_{reference_impl}"] = (
+                        results[impl]["images_per_s"] / reference["images_per_s"]
+                    )
             for result in results.values():
                 result.pop("labels")
                 rows.append(result)
@@ -411,8 +439,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 def format_row(row: dict[str, Any]) -> str:
     extra = ""
-    if "speedup_vs_reference" in row:
-        extra = f"  x{row['speedup_vs_reference']:.2f} vs reference, label agreement {row['agreement_pct']:.2f} %"
+    for reference in ("reference", "reference-api"):
+        if f"speedup_vs_{reference}" in row:
+            extra += (f"  x{row[f'speedup_vs_{reference}']:.2f} vs {reference} "
+                      f"(labels {row[f'agreement_pct_{reference}']:.2f} % equal)")
     return (f"{row['protocol']:5s} {row['method']:12s} {row['implementation']:9s} {row['device']:5s} "
             f"{row['images_per_s']:9.3f} img/s  peak {row['peak_memory_mb']:8.1f} MiB{extra}")
 

@@ -29,7 +29,7 @@ from ovs.data.pascal import (
     PascalVOCDataModule,
 )
 from ovs.data.registry import EVAL_PRESETS, EvalPreset, build_eval_datamodule, get_eval_preset
-from ovs.data.sampler import ResumableDataLoader, ResumableSampler
+from ovs.data.sampler import ResumableDataLoader, ResumableSampler, SeededIndex, augmentation_generator
 
 __all__ = [
     "ADE20K",
@@ -61,9 +61,11 @@ __all__ = [
     "PascalVOCDataModule",
     "ResumableDataLoader",
     "ResumableSampler",
+    "SeededIndex",
     "SegDataModule",
     "SegmentationDataset",
     "SemanticSegDataset",
+    "augmentation_generator",
     "build_eval_datamodule",
     "get_eval_preset",
     "list_collate",

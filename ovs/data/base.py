@@ -33,9 +33,11 @@ from ovs.data.io import (
     require_path,
     resolve_root,
 )
+from ovs.data.sampler import augmentation_generator
 from ovs.data.transforms import Sample, panoptic_to_masks, sem_seg_to_masks
 
-SampleTransform = Callable[[Sample], Sample]
+SampleTransform = Callable[[Sample, torch.Generator | None], Sample]
+"""A training transform: ``(sample, generator)`` -> sample; ``generator`` seeds its randomness (``None``: global RNG)."""
 ImageTransform = Callable[[torch.Tensor], torch.Tensor]
 ClassNamesArg = str | os.PathLike[str] | Sequence[Sequence[str]] | None
 
@@ -163,10 +165,11 @@ class SegmentationDataset(Dataset[Sample]):
             "image_id": image_id,
         }
 
-    def _finish(self, sample: Sample) -> Sample:
-        """Apply the training transform or the test-time image transform (labels and meta keep their size)."""
+    def _finish(self, sample: Sample, index: int) -> Sample:
+        """Apply the training transform (seeded by ``index`` when it is a :class:`~ovs.data.sampler.SeededIndex`) or
+        the test-time image transform (labels and meta keep their size)."""
         if self.transforms is not None:
-            return self.transforms(sample)
+            return self.transforms(sample, augmentation_generator(index))
         if self.image_transform is not None:
             sample = dict(sample)
             sample["image"] = self.image_transform(sample["image"])
@@ -213,7 +216,7 @@ class SemanticSegDataset(SegmentationDataset):
         image_path = self.files[index][0]
         sample: Sample = {"image": image, "sem_seg": sem_seg}
         meta = self._meta(image_path, image, self._image_id(index))
-        sample = self._finish(sample)
+        sample = self._finish(sample, index)
         if self.transforms is not None:
             sample["masks"], sample["mask_labels"] = sem_seg_to_masks(sample["sem_seg"], self.num_classes)
         sample["meta"] = meta
@@ -311,7 +314,7 @@ class PanopticSegDataset(SegmentationDataset):
         else:
             sem_seg = panoptic_to_semantic(pan_seg, ids, labels)
         meta = self._meta(image_path, image, annotation["image_id"])
-        sample = self._finish({"image": image, "sem_seg": sem_seg, "pan_seg": pan_seg})
+        sample = self._finish({"image": image, "sem_seg": sem_seg, "pan_seg": pan_seg}, index)
         not_crowd = torch.tensor([s["iscrowd"] == 0 for s in segments], dtype=torch.bool)
         sample["masks"], sample["mask_labels"] = panoptic_to_masks(
             sample["pan_seg"], ids[not_crowd], labels[not_crowd]
@@ -408,7 +411,7 @@ class InstanceSegDataset(SegmentationDataset):
             sample["sem_seg"] = read_label(semseg_path, self.num_classes, (255,), script=self.prepare_script)
             check_same_size(image, sample["sem_seg"], image_path, semseg_path)
         meta = self._meta(image_path, image, info["id"])
-        sample = self._finish(sample)
+        sample = self._finish(sample, index)
         sample["masks"], sample["mask_labels"] = masks, labels
         sample["segments_info"] = [
             {"id": int(a["id"]), "category_id": int(label), "iscrowd": int(a.get("iscrowd", 0)), "isthing": True}

@@ -20,9 +20,37 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+class SeededIndex(int):
+    """A dataset index that carries the seed of its sample's random augmentation.
+
+    :class:`ResumableSampler` yields these; a dataset passes :func:`augmentation_generator` of the index to its
+    training transforms. The seed is a function of (sampler seed, epoch, position in the epoch), so a sample's
+    augmentation is the same whichever worker process loads it, however many workers there are, and whether or not
+    the run was resumed mid-epoch.
+    """
+
+    seed: int
+
+    def __new__(cls, index: int, seed: int) -> SeededIndex:
+        obj = super().__new__(cls, index)
+        obj.seed = seed
+        return obj
+
+    def __reduce__(self) -> tuple[type[SeededIndex], tuple[int, int]]:
+        return SeededIndex, (int(self), self.seed)
+
+
+def augmentation_generator(index: int) -> torch.Generator | None:
+    """The generator of a :class:`SeededIndex`'s augmentation; ``None`` (the global RNG) for a plain index."""
+    if isinstance(index, SeededIndex):
+        return torch.Generator().manual_seed(index.seed)
+    return None
 
 
 class ResumableSampler(DistributedSampler):
@@ -31,6 +59,8 @@ class ResumableSampler(DistributedSampler):
     The permutation of epoch ``e`` is ``torch.randperm(n, generator=torch.Generator().manual_seed(seed + e))``
     (that of :class:`~torch.utils.data.DistributedSampler`); it is padded with its first indices to a multiple of
     the world size and rank ``r`` takes ``permutation[r::world_size]``, so every rank gets ``len(self)`` indices.
+    Indices are yielded as :class:`SeededIndex` whose augmentation seed is drawn from ``(seed, e, p)``, ``p`` the
+    position in the padded permutation (a ``numpy`` ``SeedSequence``).
 
     Args:
         dataset: sampled dataset (only its length is used).
@@ -57,8 +87,14 @@ class ResumableSampler(DistributedSampler):
         self.skip = 0
         """Indices of this rank's share of the epoch not to yield again (set by :class:`ResumableDataLoader`)."""
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.skip, None)
+    def __iter__(self) -> Iterator[SeededIndex]:
+        positions = itertools.count(self.rank, self.num_replicas)  # of this rank's indices in the padded permutation
+        seeded = (SeededIndex(i, self.sample_seed(p)) for i, p in zip(super().__iter__(), positions))
+        return itertools.islice(seeded, self.skip, None)
+
+    def sample_seed(self, position: int) -> int:
+        """Augmentation seed of the sample at ``position`` of the current epoch's padded permutation."""
+        return int(np.random.SeedSequence([self.seed, self.epoch, position]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class ResumableDataLoader(DataLoader):
@@ -69,9 +105,9 @@ class ResumableDataLoader(DataLoader):
     epoch is yielded, and every iteration starts at ``(epoch, consumed)``: after :meth:`load_state_dict`, the next
     iteration skips the consumed part of that epoch's permutation. The loader owns the epoch: it sets the
     sampler's epoch (overriding Lightning's ``set_epoch``, which gives the same value) when an iteration starts.
-    The iteration does not consume the global RNG (its workers' base seed is drawn from ``seed + epoch``), so a
-    run resumed mid-epoch draws the same random numbers as an uninterrupted one; the RNG state of worker processes
-    is not checkpointed, so exact resume of random augmentation needs ``num_workers=0``.
+    The iteration does not consume the global RNG (its workers' base seed is drawn from ``seed + epoch``), and
+    every sample's augmentation is seeded by its :class:`SeededIndex`, so a run resumed mid-epoch loads the same
+    augmented samples as an uninterrupted one, with any ``num_workers``.
 
     Args:
         dataset: the training dataset.

@@ -17,27 +17,17 @@ from ovs.backbones import (
     softmax_attention,
 )
 from tests.conftest import TINY_VIT
+from tests.plain_vit import embed, layer_norm
 
 
 def quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
 
-def layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
-    mu = x.mean(-1, keepdim=True)
-    var = ((x - mu) ** 2).mean(-1, keepdim=True)
-    return (x - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
-
-
 def reference_tokens(visual, x: torch.Tensor, pos: torch.Tensor, last_block_attention=None) -> torch.Tensor:
     """Plain-tensor CLIP ViT: conv, CLS, pos, ln_pre, blocks (explicit softmax attention), ln_post, proj."""
-    p = visual.conv1.weight.shape[-1]
-    b, _, h, w = x.shape
-    gh, gw = h // p, w // p
-    patches = x[:, :, : gh * p, : gw * p].reshape(b, 3, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, -1)
-    tokens = patches @ visual.conv1.weight.reshape(visual.conv1.out_channels, -1).T
-    tokens = torch.cat([visual.class_embedding.expand(b, 1, -1), tokens], dim=1) + pos
-    tokens = layer_norm(tokens, visual.ln_pre)
+    b = x.shape[0]
+    tokens = embed(visual, x, pos)
     blocks = visual.transformer.resblocks
     for i, blk in enumerate(blocks):
         heads = blk.attn.num_heads
@@ -152,7 +142,7 @@ def test_parallel_pathway_with_pretrained_attention_and_no_ffn(tiny_vit) -> None
     """A parallel path over the last 2 blocks: x_p = x_in + sum of out_proj(attn(ln_1(x_ori))) (GEM §3.1)."""
     dense = tiny_vit.dense
     x = torch.randn(1, 3, 32, 32)
-    policy = ViTPolicy(parallel=ParallelPathway(depth=2, attention=softmax_attention))
+    policy = ViTPolicy(parallel=ParallelPathway(depth=2, attention=softmax_attention, return_original=True))
     with torch.no_grad():
         out = dense.forward_dense(x, policy)
         stream, grid = dense.embed(x)
@@ -164,6 +154,24 @@ def test_parallel_pathway_with_pretrained_attention_and_no_ffn(tiny_vit) -> None
             stream, _ = dense.run_block(i, stream, grid)
     torch.testing.assert_close(out.tokens, dense.head(path), atol=1e-6, rtol=0)
     torch.testing.assert_close(out.original, dense.forward_dense(x).tokens, atol=1e-6, rtol=0)
+
+
+def test_parallel_pathway_skips_the_unused_end_of_the_original_stream(tiny_vit) -> None:
+    """Without a consumer of the original stream, its last block stops at q, k, v: same path, no last FFN."""
+    dense = tiny_vit.dense
+    x = torch.randn(2, 3, 32, 32)
+    calls: list[int] = []
+    handles = [block.ln_2.register_forward_hook(lambda m, i, o, b=b: calls.append(b))  # the FFN's input
+               for b, block in enumerate(dense.blocks)]
+    with torch.no_grad():
+        full = dense.forward_dense(x, ViTPolicy(parallel=ParallelPathway(2, softmax_attention, return_original=True)))
+        assert calls == [0, 1, 2]
+        calls.clear()
+        lean = dense.forward_dense(x, ViTPolicy(parallel=ParallelPathway(2, softmax_attention)))
+        assert calls == [0, 1] and lean.original is None
+    for handle in handles:
+        handle.remove()
+    torch.testing.assert_close(lean.tokens, full.tokens, atol=0, rtol=0)
 
 
 def test_override_without_residual_and_ffn(tiny_vit) -> None:

@@ -6,13 +6,15 @@ from collections.abc import Iterable
 from itertools import islice
 from pathlib import Path
 
+import pickle
+
 import pytest
 import torch
 from lightning import LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from ovs.data import ResumableDataLoader, ResumableSampler
+from ovs.data import ResumableDataLoader, ResumableSampler, SeededIndex, augmentation_generator
 
 N = 10
 """Dataset size: 5 batches of 2 per epoch."""
@@ -56,6 +58,60 @@ def test_state_round_trip_skips_exactly_the_consumed_samples(num_workers: int) -
     assert len(resumed) == N // 2  # the epoch length Lightning counts batches against is unchanged
     assert consumed + indices(resumed) == epochs[1]
     assert resumed.state_dict() == {"epoch": 2, "consumed": 0}
+
+
+class Augmented(torch.utils.data.Dataset):
+    """Sample ``i`` -> ``(i, one random draw of its augmentation generator)``, like a training transform."""
+
+    def __len__(self) -> int:
+        return N
+
+    def __getitem__(self, index: int) -> tuple[int, float]:
+        return int(index), float(torch.rand((), generator=augmentation_generator(index)))
+
+
+def augmented(num_workers: int, **kwargs: object) -> ResumableDataLoader:
+    dataset = Augmented()
+    sampler = ResumableSampler(dataset, seed=3, **kwargs)  # type: ignore[arg-type]
+    return ResumableDataLoader(dataset, sampler=sampler, batch_size=2, num_workers=num_workers)
+
+
+def draws(batches: Iterable[list[torch.Tensor]]) -> list[tuple[int, float]]:
+    return [(int(i), float(x)) for index, draw in batches for i, x in zip(index, draw)]
+
+
+def test_seeded_index_is_an_int_that_pickles_with_its_seed() -> None:
+    index = SeededIndex(7, 12345)
+    assert index == 7 and [0, 1, 2, 3, 4, 5, 6, 7][index] == 7
+    copy = pickle.loads(pickle.dumps(index))
+    assert isinstance(copy, SeededIndex) and (int(copy), copy.seed) == (7, 12345)
+    assert augmentation_generator(7) is None
+    assert torch.equal(torch.rand(3, generator=augmentation_generator(index)),
+                       torch.rand(3, generator=torch.Generator().manual_seed(12345)))
+
+
+def test_augmentation_seeds_depend_on_seed_epoch_and_position_only() -> None:
+    sampler = ResumableSampler(TensorDataset(torch.arange(N)), seed=3)
+    first = [(int(i), i.seed) for i in sampler]
+    assert first == [(int(i), i.seed) for i in sampler]  # same epoch, same seeds
+    assert len({seed for _, seed in first}) == N
+    sampler.set_epoch(1)
+    assert not {seed for _, seed in first} & {i.seed for i in sampler}  # a new epoch draws new augmentations
+    ranks = [ResumableSampler(TensorDataset(torch.arange(N)), seed=3, num_replicas=2, rank=r) for r in range(2)]
+    assert sorted(i.seed for rank in ranks for i in rank) == sorted(seed for _, seed in first)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_augmentation_is_resumed_exactly_with_workers(num_workers: int) -> None:
+    uninterrupted = augmented(num_workers=0)
+    epochs = [draws(uninterrupted), draws(uninterrupted)]
+    assert draws(augmented(num_workers=2)) == epochs[0]  # independent of the number of workers
+    killed = augmented(num_workers)
+    draws(killed)
+    consumed = draws(islice(iter(killed), 2))
+    resumed = augmented(num_workers)
+    resumed.load_state_dict(killed.state_dict())
+    assert consumed + draws(resumed) == epochs[1]
 
 
 def test_iteration_leaves_the_global_rng_alone() -> None:

@@ -12,17 +12,12 @@ import torch.nn.functional as F
 from ovs.backbones import AttentionInputs, interpolate_pos_embed
 from ovs.methods import GEM, NACLIP, SCLIP, ClearCLIP, CLIPSurgery, MaskCLIP, VanillaCLIP
 from ovs.methods.training_free import GEMAttention, gaussian_neighbourhood_bias
+from tests.plain_vit import embed, layer_norm
 
 ATOL = 1e-5
 
 # --------------------------------------------------------------------------------------------------------------------
 # Plain-tensor CLIP ViT (spec §1): conv patchify, CLS, pos, ln_pre, blocks, ln_post on all tokens, proj.
-
-
-def layer_norm(x: torch.Tensor, ln: torch.nn.LayerNorm) -> torch.Tensor:
-    mu = x.mean(-1, keepdim=True)
-    var = ((x - mu) ** 2).mean(-1, keepdim=True)
-    return (x - mu) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
 
 
 def softmax_attend(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, scale: float | torch.Tensor,
@@ -32,16 +27,6 @@ def softmax_attend(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, scale: flo
     if bias is not None:
         logits = logits + bias
     return torch.softmax(logits, dim=-1) @ c
-
-
-def embed(visual, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    p = visual.conv1.weight.shape[-1]
-    b, _, h, w = x.shape
-    gh, gw = h // p, w // p
-    patches = x[:, :, : gh * p, : gw * p].reshape(b, 3, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, -1)
-    tokens = patches @ visual.conv1.weight.reshape(visual.conv1.out_channels, -1).T
-    tokens = torch.cat([visual.class_embedding.expand(b, 1, -1), tokens], dim=1) + pos
-    return layer_norm(tokens, visual.ln_pre)
 
 
 def qkv(blk, x: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -7,6 +7,7 @@ import importlib.util
 from contextlib import nullcontext
 from dataclasses import asdict
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -43,15 +44,18 @@ def test_sclip_reference_loop_gives_the_ovs_labels(tiny_vit) -> None:
     assert len(torch.cat([o.flatten() for o in ours]).unique()) > 1
 
 
-def test_gem_reference_forward_gives_the_ovs_labels(tiny_vit) -> None:
+@pytest.mark.parametrize("prompts_per_call", [False, True])
+def test_gem_reference_forward_gives_the_ovs_labels(tiny_vit, prompts_per_call: bool) -> None:
+    """Both GEM re-creations (cached text; the released API, which encodes the prompts per call) give ovs' labels."""
     names = [synonyms[:1] for synonyms in load_class_names("sclip_voc21")]
-    classifier = random_classifier(names, tiny_vit.embed_dim)
+    classifier = benchmark.gem_classifier(tiny_vit) if prompts_per_call else random_classifier(names, tiny_vit.embed_dim)
     model = GEM(clip=tiny_vit, depth=2, inference={"resize": "none", "foreground_only": True, "prob_thd": 0.85})
     model.set_vocabulary(names, 0, classifier)
     images = [torch.randint(0, 256, (3, 48, 48), dtype=torch.uint8) for _ in range(2)]
     ours = [r.labels for r in model.segment(images)]
     with torch.inference_mode():
-        theirs = benchmark.GEMReference(tiny_vit, classifier, 2, torch.arange(1, 21))(images)
+        reference = benchmark.GEMReference(tiny_vit, classifier, 2, torch.arange(1, 21), prompts_per_call)
+        theirs = reference(images)
         logits = model.dense_logits(images, [(48, 48)] * 2)
     for a, b, name_logits in zip(ours, theirs, logits):
         # pixels may differ only where two min-max maps tie at the top (ties broken by float rounding)

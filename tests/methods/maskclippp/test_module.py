@@ -121,8 +121,10 @@ def test_cosine_schedule_from_lr_to_lr_end() -> None:
     assert group["lr"] == pytest.approx(2e-4 * cosine_multiplier(4, 4, 0.05))
 
 
-def test_loss_decreases_on_a_fixed_batch() -> None:
-    model = MaskCLIPPP(TINY_VIT, train_class_names=single_names(), total_batch_size=2, lr=1e-2, lr_end=1e-3,
+@pytest.mark.parametrize("model_name", [TINY_VIT, TINY_CONVNEXT])
+def test_loss_decreases_on_a_fixed_batch(model_name: str) -> None:
+    """20 steps on one fixed batch: ViT mask tokens + linear PSM, ConvNeXt mask pooling + pseudo-text PSM."""
+    model = MaskCLIPPP(model_name, train_class_names=single_names(), total_batch_size=2, lr=1e-2, lr_end=1e-3,
                        clip_lr_multiplier=1.0, psm_width=16, psm_heads=4, psm_dropout=0.0, **FAST)
     recorder = LossRecorder()
     trainer(max_steps=20, callbacks=[recorder]).fit(model, FixedDataModule([make_sample(0), make_sample(1)]))

@@ -33,6 +33,7 @@ def fit(
     directory: Path | None = None,
     ckpt: Path | None = None,
     kill_at: int | None = None,
+    num_workers: int = 0,
 ) -> Trainer:
     """6 steps (the schedule length) of the same configuration; optionally checkpointing, resuming or killed."""
     torch.manual_seed(0)  # what seed_everything does at the start of every tools/train.py run
@@ -44,25 +45,25 @@ def fit(
         enable_model_summary=False, enable_checkpointing=directory is not None, callbacks=callbacks,
         limit_val_batches=0,
     )
-    trainer.fit(model, COCOPanopticDataModule(root=root, image_size=64), ckpt_path=ckpt)
+    trainer.fit(model, COCOPanopticDataModule(root=root, image_size=64, num_workers=num_workers), ckpt_path=ckpt)
     return trainer
 
 
 def test_resume_from_last_checkpoint_equals_uninterrupted_run(fake_coco_root: Path, tmp_path: Path) -> None:
     """4 fake images, 2 per step: the run is killed mid-epoch 2 (step 3) and resumed to step 6, so the loader resumes
-    inside an epoch. The pseudo-text PSM's attention dropout, the LSJ augmentation, the sampler and the synonym draws
-    all consume randomness."""
+    inside an epoch, by 2 worker processes (the uninterrupted run loads in the main process). The pseudo-text PSM's
+    attention dropout, the LSJ augmentation, the sampler and the synonym draws all consume randomness."""
     initial = MaskCLIPPP(TINY_CONVNEXT, train_class_names="coco_panoptic", total_batch_size=2, psm_heads=4, lr=1e-2,
                          **FAST)
     assert initial.psm.attention.dropout == 0.1
     uninterrupted = copy.deepcopy(initial)
     fit(uninterrupted, fake_coco_root)
     first = copy.deepcopy(initial)
-    fit(first, fake_coco_root, tmp_path, kill_at=3)
+    fit(first, fake_coco_root, tmp_path, kill_at=3, num_workers=2)
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 3
     resumed = copy.deepcopy(initial)
-    trainer = fit(resumed, fake_coco_root, tmp_path / "resumed", ckpt=tmp_path / "last.ckpt")
+    trainer = fit(resumed, fake_coco_root, tmp_path / "resumed", ckpt=tmp_path / "last.ckpt", num_workers=2)
     assert trainer.global_step == 6
     expected = dict(uninterrupted.named_parameters())
     changed = 0
