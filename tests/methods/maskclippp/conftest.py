@@ -18,6 +18,7 @@ from ovs.data import list_collate
 from ovs.data.fake import write_fake_coco_panoptic
 
 TINY_EVA = "ovs-test-tiny-eva"
+TINY_EVA01 = "ovs-test-tiny-eva01"
 FAST = {"templates": "single"}
 """Keyword arguments that keep the text side cheap in tests (one template instead of fcclip14)."""
 open_clip.add_model_config(Path(__file__).parent / "model_configs")
@@ -30,6 +31,14 @@ if not timm.models.is_model("ovs_test_tiny_eva02"):
         return Eva(
             img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, mlp_ratio=4 * 2 / 3, qkv_fused=False,
             swiglu_mlp=True, scale_mlp=True, scale_attn_inner=True, use_rot_pos_emb=True, ref_feat_shape=(4, 4),
+            num_classes=kwargs["num_classes"], global_pool=kwargs["global_pool"],
+        )
+
+    @register_model
+    def ovs_test_tiny_eva01(pretrained: bool = False, **kwargs: Any) -> Eva:
+        """EVA01-CLIP-g block structure (fused qkv with q/v biases, GELU MLP, no RoPE) at test size."""
+        return Eva(
+            img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2, mlp_ratio=4.0, qkv_fused=True,
             num_classes=kwargs["num_classes"], global_pool=kwargs["global_pool"],
         )
 

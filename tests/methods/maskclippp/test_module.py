@@ -19,7 +19,14 @@ from ovs.data.fake import write_fake_coco_stuff
 from ovs.methods.maskclippp import MaskAccuracy, MaskCLIPPP
 from ovs.methods.maskclippp.module import cosine_multiplier, paint_masks, training_label_map
 from tests.conftest import TINY_CONVNEXT, TINY_RESNET, TINY_VIT
-from tests.methods.maskclippp.conftest import FAST, TINY_EVA, FixedDataModule, make_sample, single_names
+from tests.methods.maskclippp.conftest import (
+    FAST,
+    TINY_EVA,
+    TINY_EVA01,
+    FixedDataModule,
+    make_sample,
+    single_names,
+)
 
 
 def trainer(**kwargs: Any) -> Trainer:
@@ -87,6 +94,22 @@ def test_eva_trains_q_v_projections_and_position_embedding() -> None:
                                                for i in range(3) for p in ("q", "v")}
     assert groups["clip_visual_no_decay"]["params"] == {f"{prefix}pos_embed"}
     assert groups["new_no_decay"]["params"] == {"encoder.mask_logit_scale"}
+
+
+def test_eva01_trains_fused_qkv_and_position_embedding() -> None:
+    """EVA01-g structure (fused ``qkv`` weight, q/v biases, no RoPE): the fused weight and ``pos_embed`` train
+    (spec §2.4), the mask tokens reach them, one optimiser step changes them."""
+    model = MaskCLIPPP(TINY_EVA01, train_class_names="coco_panoptic", total_batch_size=2, psm_width=16, **FAST)
+    groups = optimizer_groups(model)
+    prefix = "clip.model.visual.trunk."
+    assert groups["clip_visual"]["params"] == {f"{prefix}blocks.{i}.attn.qkv.weight" for i in range(3)}
+    assert groups["clip_visual_no_decay"]["params"] == {f"{prefix}pos_embed"}
+    assert model.clip.dense.trunk.rope is None
+    before = model.clip.model.visual.trunk.blocks[2].attn.qkv.weight.detach().clone()
+    recorder = LossRecorder()
+    trainer(max_steps=1, callbacks=[recorder]).fit(model, FixedDataModule([make_sample(0, 32), make_sample(1, 32)]))
+    assert math.isfinite(recorder.losses[0]) and recorder.losses[0] > 0
+    assert not torch.equal(model.clip.model.visual.trunk.blocks[2].attn.qkv.weight, before)
 
 
 def test_resnet_trains_everything_and_checkpoints_batchnorm_statistics() -> None:
