@@ -317,7 +317,7 @@ def write_card(path: Path, record: dict[str, Any]) -> None:
         f"* bf16 autocast: {not a['no_bf16']}; patch dropout {a['patch_dropout']} (FLIP) except the last "
         f"{a['unmasked_frac']:.0%} of the steps; random resized crop (area 0.7-1, ratio 3/4-4/3) and horizontal flip, "
         "no colour jitter.",
-        f"* Wall time {t['wall_time_s'] / 60:.1f} min on {record['machine']} (shared with other jobs). "
+        f"* Wall time {t['wall_time_s'] / 60:.1f} min on {record['machine']}. "
         f"Loss {t['first_loss']:.2f} -> {t['final_loss']:.2f} (mean of the last 20 steps).",
         "",
         "## Zero-shot metrics on held-out images",
@@ -355,7 +355,9 @@ def write_card(path: Path, record: dict[str, Any]) -> None:
         f"within ±{r['tolerance']} points: " + ", ".join(f"{k} {v:.1f}" for k, v in r["metrics"].items()) + ".",
         "",
         "Regenerate with `python tools/pretrain_toy_clip.py "
-        f"--steps {a['steps']} --batch-size {a['batch_size']} --num-pretrain {a['num_pretrain']} --seed {a['seed']}`.",
+        f"--steps {a['steps']} --time-budget {a['time_budget']:g} --batch-size {a['batch_size']} "
+        f"--num-pretrain {a['num_pretrain']} --seed {a['seed']}` (the time budget decides how many steps run: "
+        f"{t['steps_done']} here).",
         "",
     ]
     path.write_text("\n".join(lines))
