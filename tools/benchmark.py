@@ -19,8 +19,8 @@ SCLIP = one window at a time through a sequence-first (LND) ViT with explicit ``
 block, canvas updates through full-size ``F.pad``, synonyms merged by the ``[K, K_names, H, W]`` one-hot product;
 GEM = the ``gem_torch`` wrapper's sequence-first forward with explicit q-k and self-self attention maps on the last
 blocks, timed twice: with the text embeddings cached (``reference``, the image path alone) and as the released
-``GEMWrapper.forward(image, text)``, which encodes the prompts on every call (``reference-api``). Label maps of ovs and the re-creation are compared (agreement in percent of pixels) so both compute the same
-thing.
+``GEMWrapper.forward(image, text)``, which encodes the prompts on every call (``reference-api``). Label maps of ovs
+and the re-creation are compared (agreement in percent of pixels) so both compute the same thing.
 
 Each measurement runs in its own subprocess: peak memory is ``torch.cuda.max_memory_allocated`` during the timed runs
 on CUDA (weights included) and, on CPU, the peak of live tensor bytes during one extra untimed call, from the PyTorch
@@ -76,6 +76,7 @@ BASELINES = {"sclip": "sclip", "gem": "gem"}  # protocol -> method with an autho
 REFERENCES = {"sclip": ("reference",), "gem": ("reference", "reference-api")}
 """Re-creations per protocol: ``reference`` = the image path with cached text; ``reference-api`` = GEM's released
 ``GEMWrapper.forward``, which also encodes the prompts on every call."""
+REFERENCE_IMPLEMENTATIONS = tuple(dict.fromkeys(name for names in REFERENCES.values() for name in names))
 VOCABULARY = "sclip_voc21"
 
 
@@ -211,7 +212,8 @@ class GEMReference:
         self.clip, self.depth = clip, depth
         keep = torch.isin(classifier.name_to_class, class_ids)
         self.text = classifier.embeddings[keep]
-        self.prompts = [f"a photo of a {classifier.class_names[c][0]}." for c in classifier.name_to_class[keep].tolist()]
+        self.prompts = [f"a photo of a {classifier.class_names[c][0]}."
+                        for c in classifier.name_to_class[keep].tolist()]
         self.prompts_per_call = prompts_per_call
         self.class_ids = class_ids
 
@@ -410,17 +412,16 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for protocol in protocols:
         for method in args.methods.split(","):
-            implementations = ["ovs"] + (["ovs-bf16"] if args.device == "cpu" and args.cpu_bf16 else [])
-            ours_impls = list(implementations)
-            if not args.no_baseline and BASELINES[protocol] == method:
-                implementations += REFERENCES[protocol]
+            ours_impls = ["ovs"] + (["ovs-bf16"] if args.device == "cpu" and args.cpu_bf16 else [])
+            with_baseline = not args.no_baseline and BASELINES[protocol] == method
+            references = REFERENCES[protocol] if with_baseline else ()
             results: dict[str, dict[str, Any]] = {}
             for _ in range(args.rounds):  # alternate implementations, keep each one's best round
-                for impl in implementations:
+                for impl in [*ours_impls, *references]:
                     result = run_worker(args, method, impl, protocol)
                     if impl not in results or result["images_per_s"] > results[impl]["images_per_s"]:
                         results[impl] = result
-            for reference_impl in implementations[len(ours_impls):]:
+            for reference_impl in references:
                 reference = results[reference_impl]
                 for impl in ours_impls:
                     ours, theirs = torch.tensor(results[impl]["labels"]), torch.tensor(reference["labels"])
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 def format_row(row: dict[str, Any]) -> str:
     extra = ""
-    for reference in ("reference", "reference-api"):
+    for reference in REFERENCE_IMPLEMENTATIONS:
         if f"speedup_vs_{reference}" in row:
             extra += (f"  x{row[f'speedup_vs_{reference}']:.2f} vs {reference} "
                       f"(labels {row[f'agreement_pct_{reference}']:.2f} % equal)")

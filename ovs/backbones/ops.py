@@ -12,6 +12,7 @@ Set ``OVS_ONEDNN_LINEAR=0`` (or call :func:`use_onednn_linear(False)`) to always
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -21,8 +22,9 @@ from torch import Tensor, nn
 _ONEDNN = {"enabled": os.environ.get("OVS_ONEDNN_LINEAR", "1") != "0"}
 
 
+@functools.cache
 def onednn_linear_available() -> bool:
-    """Whether this PyTorch build has oneDNN and its fused linear operator."""
+    """Whether this PyTorch build has oneDNN and its fused linear operator (looked up once)."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 

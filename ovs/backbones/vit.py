@@ -305,15 +305,15 @@ class CLIPViT(nn.Module):
         """Dense tokens of normalised images ``[B, 3, H, W]`` under ``policy`` (default: the pretrained forward)."""
         policy = policy or ViTPolicy()
         overrides = self._resolve_overrides(policy)
+        parallel = policy.parallel
+        if parallel is not None and not 0 < parallel.depth <= self.num_blocks:
+            raise ValueError(f"Parallel pathway depth must be in 1..{self.num_blocks}, got {parallel.depth}.")
         x, grid = self.embed(images, policy.pos_embed)
-        path_start = self.num_blocks - policy.parallel.depth if policy.parallel else self.num_blocks
-        if policy.parallel and not 0 < policy.parallel.depth <= self.num_blocks:
-            raise ValueError(f"Parallel pathway depth must be in 1..{self.num_blocks}, got {policy.parallel.depth}.")
-        if policy.parallel is None:
+        if parallel is None:
             for i in range(self.num_blocks):
                 x, _ = self.run_block(i, x, grid, overrides.get(i))
             return ViTDenseOutput(tokens=self.head(x), grid=grid)
-        parallel = policy.parallel
+        path_start = self.num_blocks - parallel.depth
         for i in range(path_start):
             x, _ = self.run_block(i, x, grid, overrides.get(i))
         path = x

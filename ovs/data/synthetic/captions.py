@@ -11,6 +11,8 @@ cue is the shape.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -144,29 +146,23 @@ def shape_phrase(shape: int, count: int, rng: np.random.Generator, size: str | N
 def class_captions(scene: Scene, rng: np.random.Generator, image_size: int) -> list[str]:
     """Class-level captions of ``scene``: one per visible thing class, one per visible shape (without colour, so
     that only the shape tells them apart) and one per stuff class."""
+    def caption(phrase: Callable[..., str], key: Any, count: int, radii: list[float]) -> str:
+        """One class-level caption; draws the template, then the plain and the sized phrase, in that order."""
+        size = _size_word(float(np.mean(radii)), image_size)
+        template = CLASS_TEMPLATES[int(rng.integers(len(CLASS_TEMPLATES)))]
+        return template.format(
+            obj=phrase(key, count, rng),
+            size_obj=phrase(key, count, rng, size=size),
+            be="is" if count == 1 else "are",
+        )
+
     captions = []
     for class_id, count in thing_counts(scene).items():
         radii = [inst.radius for inst in scene.instances if inst.class_id == class_id]
-        size = _size_word(float(np.mean(radii)), image_size)
-        template = CLASS_TEMPLATES[int(rng.integers(len(CLASS_TEMPLATES)))]
-        captions.append(
-            template.format(
-                obj=thing_phrase(class_id, count, rng),
-                size_obj=thing_phrase(class_id, count, rng, size=size),
-                be="is" if count == 1 else "are",
-            )
-        )
+        captions.append(caption(thing_phrase, class_id, count, radii))
     for shape, count in Counter(inst.shape for inst in scene.instances).items():
         radii = [inst.radius for inst in scene.instances if inst.shape == shape]
-        size = _size_word(float(np.mean(radii)), image_size)
-        template = CLASS_TEMPLATES[int(rng.integers(len(CLASS_TEMPLATES)))]
-        captions.append(
-            template.format(
-                obj=shape_phrase(shape, count, rng),
-                size_obj=shape_phrase(shape, count, rng, size=size),
-                be="is" if count == 1 else "are",
-            )
-        )
+        captions.append(caption(shape_phrase, shape, count, radii))
     for s in scene.stuff:
         template = STUFF_TEMPLATES[int(rng.integers(len(STUFF_TEMPLATES)))]
         captions.append(template.format(stuff=_pick(rng, STUFF[s][1])))
