@@ -3,6 +3,7 @@
     python tools/benchmark_maskclippp.py                          # ConvNeXt-B, 1024 x 1024, 2 images, auto device
     python tools/benchmark_maskclippp.py --device cuda --steps 50 --warmup 10
     python tools/benchmark_maskclippp.py --model ViT-B-16 --size 512 --psm linear
+    python tools/benchmark_maskclippp.py --device cuda --batch 4 --precision bf16-mixed --channels-last --json r.json
 
 Runs real Lightning training steps of :class:`ovs.methods.maskclippp.MaskCLIPPP` (the paper's recipe: AdamW, per-group
 LR multipliers, cosine schedule, clip 0.01, fp16 AMP on CUDA / fp32 on CPU) on random CLIP weights (architecture of
@@ -10,6 +11,9 @@ LR multipliers, cosine schedule, clip 0.01, fp16 AMP on CUDA / fp32 on CPU) on r
 rectangle masks per image (COCO-Panoptic averages about 11 segments per image), per-device batch ``--batch``
 (2 = the reference's 2 GPUs x 2). The frozen text bank has the training shape (COCO-Panoptic's 254 names x 14
 templates) but random content: encoding it (a one-time cost before step 1, minutes on a CPU) is not timed.
+
+``--channels-last`` stores the 4-D visual weights in channels-last layout (cuDNN then runs the ConvNeXt convolutions
+in NHWC).
 
 Reported: median and mean time of the timed steps (after ``--warmup`` steps; CUDA synchronised), images per second,
 the projected time of 20k steps at this per-device batch, and the peak memory: ``torch.cuda.max_memory_allocated``
@@ -151,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--precision", default=None, help="Lightning precision (default 16-mixed on CUDA, 32 on CPU)")
+    parser.add_argument("--channels-last", action="store_true", help="channels-last visual weights (NHWC convs)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = parser.parse_args(argv)
@@ -162,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(0)
     model = RandomTextMaskCLIPPP(args.model, pretrained=None, train_class_names="coco_panoptic", psm=args.psm,
                        total_batch_size=None, eval_psm="psm")
+    if args.channels_last:
+        model.clip.model.visual.to(memory_format=torch.channels_last)
     data = RandomDataModule(total * args.batch, args.size, args.masks, args.batch)
     timer = StepTimer()
     trainer = Trainer(
@@ -180,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "psm": model.psm_name,
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "precision": precision,
+        "channels_last": args.channels_last,
         "image_size": args.size,
         "batch_per_device": args.batch,
         "masks_per_image": args.masks,

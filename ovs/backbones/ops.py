@@ -40,6 +40,7 @@ def _eligible(x: Tensor, weight: Tensor) -> bool:
         and x.dtype == weight.dtype == torch.float32
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
+        and not torch.compiler.is_compiling()
         and onednn_linear_available()
     )
 

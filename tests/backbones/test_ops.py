@@ -51,3 +51,15 @@ def test_apply_module_runs_sequential_mlps_and_other_modules() -> None:
     with torch.no_grad():
         torch.testing.assert_close(apply_module(mlp, x), mlp(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(apply_module(nn.Identity(), x), x)
+
+
+def test_linear_under_torch_compile_traces_f_linear() -> None:
+    """Inductor cannot lower oneDNN's fused linear on non-constant weights: while compiling, ``linear`` is F.linear."""
+    x, weight, bias = torch.randn(5, 16), torch.randn(8, 16), torch.randn(8)
+    compiled = torch.compile(linear, backend="eager", fullgraph=True)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(linear)(x, weight, bias)
+        torch.testing.assert_close(compiled(x, weight, bias), F.linear(x, weight, bias), rtol=1e-5, atol=1e-5)
+    traced = [str(node.target) for graph in explained.graphs for node in graph.graph.nodes]
+    assert not any("_linear_pointwise" in target for target in traced)
+    assert any("linear" in target for target in traced)
