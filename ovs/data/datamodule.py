@@ -1,6 +1,7 @@
 """LightningDataModule base shared by every dataset family (torchgeo style: datasets built in ``setup``).
 
-Evaluation loaders use batch size 1 by default and :func:`ovs.data.collate.list_collate`; an optional
+Evaluation loaders use batch size 1 by default and :func:`ovs.data.collate.list_collate`; under DDP they use
+:class:`UnpaddedDistributedSampler` (every image exactly once, so synced metrics equal single-process ones). An optional
 ``test_resize`` (``{"mode": "short" | "long" | "square", "size": int}``) resizes images only, labels keep the
 original size (training-free.md §9.1: "GT is not resized").
 """
@@ -8,11 +9,13 @@ original size (training-free.md §9.1: "GT is not resized").
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from ovs.data.base import ClassNamesArg, SegmentationDataset
 from ovs.data.class_names import load_class_names, seen_mask
@@ -22,6 +25,28 @@ from ovs.data.transforms import build_test_resize
 
 MIOU_CONVENTIONS = ("detectron2", "mmseg")
 """mIoU averaging conventions of :class:`ovs.evaluation.SemanticSegMetric`."""
+
+
+class UnpaddedDistributedSampler(DistributedSampler):
+    """Evaluation sampler of rank ``r`` of ``W``: samples ``r, r + W, r + 2W, ...`` in order, without the padding of
+    :class:`~torch.utils.data.DistributedSampler` (which repeats samples so every rank gets as many, counting them
+    twice in the metrics). Ranks may get one sample fewer; the metrics' sync sums their states."""
+
+    def __init__(self, dataset: Dataset[Any], num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))  # type: ignore[arg-type]
+
+
+def eval_sampler(dataset: Dataset[Any]) -> UnpaddedDistributedSampler | None:
+    """:class:`UnpaddedDistributedSampler` when a process group of several ranks is running, else ``None``."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return UnpaddedDistributedSampler(dataset)
+    return None
 
 
 class SegDataModule(LightningDataModule):
@@ -125,16 +150,22 @@ class SegDataModule(LightningDataModule):
             self.train_dataset = self.build_train_dataset()
         if stage in ("fit", "validate", None):
             self.val_dataset = self.build_eval_dataset()
-        if stage in ("test", "predict", None):
+        if stage in ("test", "predict", None) and self.test_dataset is None:
             self.test_dataset = self.build_eval_dataset()
 
+    def validate(self) -> None:
+        """Build the evaluated split now (checks its files exist) so that a missing dataset stops a multi-dataset
+        evaluation before its first image; ``trainer.test`` reuses it."""
+        self.setup("test")
+
     def _loader(self, dataset: Dataset[Any] | None, batch_size: int) -> DataLoader[Any]:
-        """Evaluation loader: in order, every sample."""
+        """Evaluation loader: in order, every sample exactly once (also across DDP ranks)."""
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() for this stage before asking for its loader.")
         return DataLoader(
             dataset,
             batch_size=batch_size,
+            sampler=eval_sampler(dataset),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=list_collate,

@@ -11,6 +11,7 @@ numbers); asking for it raises an error listing the available ones.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,8 @@ from ovs.data.datamodule import SegDataModule
 from ovs.data.pascal import PascalContextDataModule, PascalVOCDataModule
 
 PROTOCOLS = ("maskclippp", "training_free")
+LOADER_OPTIONS = ("num_workers", "eval_batch_size")
+"""Loader settings of a config's data section that ``tools/eval.py --datasets`` passes to every preset."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,8 @@ class EvalPreset:
     kwargs: dict[str, Any] = field(default_factory=dict)
     background_index: int | None = None
     protocols: dict[str, Protocol] = field(default_factory=dict)
+    tasks: tuple[str, ...] = ("semantic",)
+    """Annotation tasks the DataModule reads: ``"panoptic"`` adds masks, segments and ``pan_seg`` to ``sem_seg``."""
 
     @property
     def default_protocol(self) -> str:
@@ -57,7 +62,8 @@ def _both(maskclippp: str, training_free: str) -> dict[str, Protocol]:
 EVAL_PRESETS: dict[str, EvalPreset] = {
     preset.name: preset
     for preset in [
-        EvalPreset("ade150", ADE20KDataModule, {"variant": "150"}, None, _both("ade150", "sclip_ade20k")),
+        EvalPreset("ade150", ADE20KDataModule, {"variant": "150"}, None, _both("ade150", "sclip_ade20k"),
+                   ("semantic", "panoptic", "instance")),
         EvalPreset("ade847", ADE20KDataModule, {"variant": "847"}, None,
                    {"maskclippp": Protocol("ade847", "detectron2")}),
         EvalPreset("pc59", PascalContextDataModule, {"variant": "59"}, None, _both("pc59", "sclip_context59")),
@@ -84,21 +90,38 @@ def get_eval_preset(name: str) -> EvalPreset:
     return EVAL_PRESETS[name]
 
 
-def build_eval_datamodule(name: str, protocol: str | None = None, **kwargs: Any) -> SegDataModule:
-    """DataModule of benchmark ``name`` with the class names and mIoU convention of ``protocol``.
-
-    ``protocol`` defaults to ``"maskclippp"`` where the preset has it, else ``"training_free"``. ``kwargs`` go to
-    the DataModule and override the preset (e.g. ``root``, ``test_resize``, ``task="panoptic"``, ``class_names``).
-    """
+def resolve_protocol(name: str, protocol: str | None = None) -> tuple[str, Protocol]:
+    """The protocol name (``None``: the preset's default) and its vocabulary / mIoU convention for dataset ``name``."""
     preset = get_eval_preset(name)
     protocol = protocol or preset.default_protocol
     if protocol not in preset.protocols:
         raise ValueError(
             f"Dataset {name!r} has no {protocol!r} protocol; available: {', '.join(preset.protocols)}."
         )
-    chosen = preset.protocols[protocol]
+    return protocol, preset.protocols[protocol]
+
+
+def loader_options(data_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`LOADER_OPTIONS` set (not ``None``) in a data section's ``init_args``."""
+    return {key: data_args[key] for key in LOADER_OPTIONS if data_args.get(key) is not None}
+
+
+def build_eval_datamodule(name: str, protocol: str | None = None, prefer_task: str = "semantic",
+                          **kwargs: Any) -> SegDataModule:
+    """DataModule of benchmark ``name`` with the class names and mIoU convention of ``protocol``.
+
+    ``protocol`` defaults to ``"maskclippp"`` where the preset has it, else ``"training_free"``. ``prefer_task`` is
+    the annotation a model can use (``"panoptic"`` for MaskCLIP++ with a generator and PQ / AP on): taken where the
+    preset has it, semantic elsewhere, so one ``--datasets ade150,pc59`` gives PQ / AP on ADE-150 and mIoU on both.
+    ``kwargs`` go to the DataModule and override the preset (e.g. ``root``, ``test_resize``, ``task="panoptic"``,
+    ``class_names``, ``num_workers``, ``eval_batch_size``).
+    """
+    preset = get_eval_preset(name)
+    _, chosen = resolve_protocol(name, protocol)
+    task = {"task": prefer_task} if prefer_task != "semantic" and prefer_task in preset.tasks else {}
     arguments: dict[str, Any] = {
         **preset.kwargs,
+        **task,
         "class_names": chosen.class_names,
         "miou_convention": chosen.miou_convention,
         **kwargs,

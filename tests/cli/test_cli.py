@@ -1,4 +1,5 @@
-"""Config resolution, every shipped YAML, a 2-step fit through tools/train.py, and bad-input messages."""
+"""Config resolution, every shipped YAML, a 2-step fit through tools/train.py, and bad-input messages (in-process:
+``train_main`` returns the exit status)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ovs.cli import REPO_ROOT, config_dir, resolve_config
+from ovs.cli import REPO_ROOT, config_dir, resolve_config, train_main
 from tests.conftest import TEST_MODEL_CONFIGS
 
 TOOLS = REPO_ROOT / "tools"
@@ -56,26 +57,24 @@ def test_two_step_fit_through_train_py(tmp_path: Path) -> None:
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert (run / "config.yaml").is_file()
     assert list(run.glob("events.out.tfevents.*")), "TensorBoard events missing"
-    # resume from the newest run's last.ckpt, two more steps, same run directory
-    resumed = run_tool("train.py", "--config", str(TINY_CONFIG), "--ckpt_path", "last", "--trainer.max_steps=4",
-                       cwd=tmp_path)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # resume from the newest run's last.ckpt, two more steps, same run directory (in-process: exit status returned)
+    assert train_main(["--config", str(TINY_CONFIG), "--ckpt_path", "last", "--trainer.max_steps=4",
+                       "--output_dir", str(tmp_path / "outputs")]) == 0
     assert list((tmp_path / "outputs" / "tiny_fit").iterdir()) == [run]
 
 
-def test_unknown_config_key_fails_clearly(tmp_path: Path) -> None:
-    result = run_tool("train.py", "--config", str(TINY_CONFIG), "--model.init_args.lrr=0.1", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "lrr" in result.stderr
+def test_unknown_config_key_fails_clearly(tmp_path: Path, capsys) -> None:
+    assert train_main(["--config", str(TINY_CONFIG), "--model.init_args.lrr=0.1",
+                       "--output_dir", str(tmp_path)]) == 1
+    assert "lrr" in capsys.readouterr().err
 
 
-def test_missing_config_fails_clearly(tmp_path: Path) -> None:
-    result = run_tool("train.py", "--config", "does_not_exist.yaml", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "does_not_exist.yaml" in result.stderr and "Available configs" in result.stderr
+def test_missing_config_fails_clearly(capsys) -> None:
+    assert train_main(["--config", "does_not_exist.yaml"]) == 1
+    err = capsys.readouterr().err
+    assert "does_not_exist.yaml" in err and "Available configs" in err
 
 
-def test_resume_without_previous_run_fails_clearly(tmp_path: Path) -> None:
-    result = run_tool("train.py", "--config", str(TINY_CONFIG), "--ckpt_path", "last", cwd=tmp_path)
-    assert result.returncode != 0
-    assert "no previous run" in result.stderr
+def test_resume_without_previous_run_fails_clearly(tmp_path: Path, capsys) -> None:
+    assert train_main(["--config", str(TINY_CONFIG), "--ckpt_path", "last", "--output_dir", str(tmp_path)]) == 1
+    assert "no previous run" in capsys.readouterr().err

@@ -24,20 +24,31 @@ class TinyCLIPRegressor(LightningModule):
         self.log("train/loss", loss)
         return loss
 
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        images, target = batch
+        mse = torch.nn.functional.mse_loss(self.clip.model.encode_image(images), target)
+        self.log("test/mse", mse, batch_size=len(images))
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.parameters(), lr=self.lr)
 
 
 class TinyDataModule(LightningDataModule):
-    """Random 32x32 images and 32-d targets."""
+    """Random 32x32 images and 32-d targets (also the test set)."""
 
     def __init__(self, num_samples: int = 8, batch_size: int = 2) -> None:
         super().__init__()
         self.num_samples = num_samples
         self.batch_size = batch_size
 
-    def train_dataloader(self) -> DataLoader:
+    def dataset(self) -> TensorDataset:
         g = torch.Generator().manual_seed(0)
-        data = TensorDataset(torch.randn(self.num_samples, 3, 32, 32, generator=g),
+        return TensorDataset(torch.randn(self.num_samples, 3, 32, 32, generator=g),
                              torch.randn(self.num_samples, 32, generator=g))
-        return DataLoader(data, batch_size=self.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.dataset(), batch_size=self.batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        """The training samples in one batch (``test/mse`` is then the MSE over all of them)."""
+        return DataLoader(self.dataset(), batch_size=self.num_samples)

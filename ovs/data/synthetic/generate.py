@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ovs.data.synthetic.captions import class_captions, scene_captions
 from ovs.data.synthetic.classes import CLASSES, NUM_THINGS, SEEN_THING_CLASSES, coco_categories
@@ -214,34 +216,42 @@ def generate_split(
     captions: list[dict[str, Any]] = []
     panoptic: list[dict[str, Any]] = []
     instances: list[dict[str, Any]] = []
-    for index in range(num_images):
-        scene, texts = render_split_image(seed, split, index, image_size)
-        img_id = image_id(split, index)
-        file_name = f"{img_id:012d}.png"
-        Image.fromarray(scene.image).save(coco / name / file_name)
-        images.append({"id": img_id, "file_name": file_name, "height": image_size, "width": image_size})
-        captions += [{"id": len(captions) + 1, "image_id": img_id, "caption": t} for t in texts]
-        if not annotated:
-            continue
-        pan, sem, segments = scene_segments(scene)
-        Image.fromarray(encode_panoptic_ids(pan)).save(coco / f"panoptic_{name}" / file_name)
-        Image.fromarray(sem).save(coco / f"panoptic_semseg_{name}" / file_name)
-        panoptic.append({"image_id": img_id, "file_name": file_name, "segments_info": segments})
-        for seg in segments:
-            if not seg["isthing"]:
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=Console(stderr=True))
+    with progress:
+        task = progress.add_task(f"synthetic {split} images", total=num_images)
+        for index in range(num_images):
+            scene, texts = render_split_image(seed, split, index, image_size)
+            img_id = image_id(split, index)
+            file_name = f"{img_id:012d}.png"
+            Image.fromarray(scene.image).save(coco / name / file_name)
+            images.append({"id": img_id, "file_name": file_name, "height": image_size, "width": image_size})
+            progress.advance(task)
+            captions += [{"id": len(captions) + 1, "image_id": img_id, "caption": t} for t in texts]
+            if not annotated:
                 continue
-            rle = mask_utils.encode(np.asfortranarray((pan == seg["id"]).astype(np.uint8)))
-            instances.append(
-                {
-                    "id": len(instances) + 1,
-                    "image_id": img_id,
-                    "category_id": seg["category_id"],
-                    "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode("ascii")},
-                    "area": seg["area"],
-                    "bbox": [float(b) for b in seg["bbox"]],
-                    "iscrowd": 0,
-                }
-            )
+            pan, sem, segments = scene_segments(scene)
+            Image.fromarray(encode_panoptic_ids(pan)).save(coco / f"panoptic_{name}" / file_name)
+            Image.fromarray(sem).save(coco / f"panoptic_semseg_{name}" / file_name)
+            panoptic.append({"image_id": img_id, "file_name": file_name, "segments_info": segments})
+            for seg in segments:
+                if not seg["isthing"]:
+                    continue
+                rle = mask_utils.encode(np.asfortranarray((pan == seg["id"]).astype(np.uint8)))
+                instances.append(
+                    {
+                        "id": len(instances) + 1,
+                        "image_id": img_id,
+                        "category_id": seg["category_id"],
+                        "segmentation": {
+                            "size": [int(s) for s in rle["size"]],
+                            "counts": rle["counts"].decode("ascii"),
+                        },
+                        "area": seg["area"],
+                        "bbox": [float(b) for b in seg["bbox"]],
+                        "iscrowd": 0,
+                    }
+                )
 
     info = {"description": f"ovs synthetic benchmark, split {split}", "version": str(GENERATOR_VERSION)}
     ann = coco / "annotations"
