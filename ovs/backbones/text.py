@@ -17,6 +17,7 @@ from torch import Tensor
 
 from ovs.backbones.factory import CLIP
 from ovs.backbones.templates import get_templates
+from ovs.data.class_names import validate_class_names
 
 _MEMORY_CACHE: dict[tuple, Tensor] = {}
 _MEMORY_CACHE_SIZE = 32
@@ -72,13 +73,13 @@ def build_text_classifier(
 
     Args:
         clip: the model.
-        class_names: one list of names per class (first = display name).
+        class_names: one list of names per class (first = display name), validated like a class-name file
+            (:func:`ovs.data.class_names.validate_class_names`: no empty or repeated synonym, no duplicate class).
         templates: a template-set name or a list of templates.
         cache_dir: optional directory for an on-disk cache (used only for pretrained weights whose text tower was not
             modified since loading).
     """
-    if not class_names or any(not names for names in class_names):
-        raise ValueError("class_names must be a non-empty list with at least one name per class.")
+    class_names = validate_class_names(class_names)  # the same checks as class-name files
     template_list = get_templates(templates)
     names = [name for synonyms in class_names for name in synonyms]
     name_to_class = torch.tensor([c for c, synonyms in enumerate(class_names) for _ in synonyms])

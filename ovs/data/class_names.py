@@ -28,7 +28,8 @@ CLASS_NAMES_DIR = Path(__file__).parent / "class_names"
 
 
 class ClassNamesError(ValueError):
-    """A class-name file is malformed (empty line, empty synonym, duplicate synonym or duplicate class)."""
+    """A vocabulary or class-name file is malformed (empty line, empty synonym, duplicate synonym or duplicate
+    class)."""
 
 
 def available_class_names() -> list[str]:
@@ -52,41 +53,73 @@ def class_names_path(name_or_path: str | os.PathLike[str]) -> Path:
     return packaged
 
 
+def validate_class_names(
+    classes: Sequence[Sequence[str]], source: str = "<vocabulary>", line_numbers: Sequence[int] | None = None
+) -> list[list[str]]:
+    """Check a vocabulary (synonyms per class) the same way for files and Python lists; return it as lists.
+
+    Names are stripped; an empty vocabulary, a class without names, an empty synonym, a synonym repeated within a
+    class, or two classes with the same synonyms (compared by :func:`normalize_name`, in any order) raise
+    :class:`ClassNamesError` naming ``source`` and the file line (``line_numbers``) or the 0-based class index.
+    """
+    if not classes:
+        raise ClassNamesError(f"Vocabulary {source} is empty; give at least one class.")
+    validated: list[list[str]] = []
+    first: dict[tuple[str, ...], str] = {}
+    for index, entry in enumerate(classes):
+        where = f"line {line_numbers[index]}" if line_numbers is not None else f"class {index}"
+        if isinstance(entry, str) or not all(isinstance(name, str) for name in entry):
+            raise ClassNamesError(f"Vocabulary {source}: {where} must be a list of name strings, got {entry!r}.")
+        names = [name.strip() for name in entry]
+        if not names or any(not name for name in names):
+            raise ClassNamesError(f"Vocabulary {source}: {where} ({list(entry)!r}) has an empty synonym.")
+        if len(set(names)) != len(names):
+            raise ClassNamesError(f"Vocabulary {source}: {where} ({list(entry)!r}) repeats a synonym.")
+        key = tuple(sorted(normalize_name(name) for name in names))
+        if key in first:
+            raise ClassNamesError(
+                f"Vocabulary {source}: {where} ({list(entry)!r}) duplicates the class on {first[key]}; every class "
+                "needs a distinct set of names."
+            )
+        first[key] = where
+        validated.append(names)
+    return validated
+
+
 def parse_class_names(text: str, source: str = "<string>") -> list[list[str]]:
     """Parse class-name text (one class per line, synonyms split on ","), validating it.
 
-    A trailing newline at the end of the file is allowed; any other empty line, an empty synonym, a synonym repeated
-    within a line, or two lines with the same synonym list raise :class:`ClassNamesError` naming ``source``.
+    A UTF-8 byte-order mark is dropped and trailing blank lines at the end are allowed; lines whose first non-blank
+    character is ``#`` are comments (they do not count as classes). Any other empty line, a ``#`` inside a class
+    line, and the problems of :func:`validate_class_names` raise :class:`ClassNamesError` naming ``source`` and the
+    line number.
     """
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines = lines[:-1]
-    if not lines:
-        raise ClassNamesError(f"Class-name file {source} is empty.")
+    lines = text.removeprefix("\ufeff").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
     classes: list[list[str]] = []
-    first_line: dict[tuple[str, ...], int] = {}
+    numbers: list[int] = []
     for number, line in enumerate(lines, start=1):
-        names = [name.strip() for name in line.split(",")]
+        if line.lstrip().startswith("#"):
+            continue
         if not line.strip():
             raise ClassNamesError(f"Class-name file {source}: line {number} is empty; write one class per line.")
-        if any(not name for name in names):
-            raise ClassNamesError(f"Class-name file {source}: line {number} ({line!r}) has an empty synonym.")
-        if len(set(names)) != len(names):
-            raise ClassNamesError(f"Class-name file {source}: line {number} ({line!r}) repeats a synonym.")
-        key = tuple(sorted(normalize_name(name) for name in names))
-        if key in first_line:
+        if "#" in line:
             raise ClassNamesError(
-                f"Class-name file {source}: line {number} ({line!r}) duplicates the class on line {first_line[key]}."
+                f"Class-name file {source}: line {number} ({line!r}) contains '#'; comments must be on their own "
+                "line (starting with '#')."
             )
-        first_line[key] = number
-        classes.append(names)
-    return classes
+        classes.append(line.split(","))
+        numbers.append(number)
+    if not classes:
+        raise ClassNamesError(f"Class-name file {source} is empty.")
+    return validate_class_names(classes, f"file {source}", numbers)
 
 
 def load_class_names(name_or_path: str | os.PathLike[str]) -> list[list[str]]:
     """Load and validate a class-name file: ``list[list[str]]``, synonyms per class, first = display name."""
     path = class_names_path(name_or_path)
-    return parse_class_names(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_class_names(path.read_text(encoding="utf-8-sig"), source=str(path))
 
 
 def write_class_names(path: str | os.PathLike[str], classes: Sequence[Sequence[str]]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ovs.data.constants import DEFAULT_ROOT, IGNORE_INDEX, ROOT_ENV_VAR
 
@@ -52,14 +52,48 @@ def require_path(path: Path, what: str, script: str | None) -> Path:
     return path
 
 
-def read_image(path: Path) -> torch.Tensor:
-    """RGB image as ``uint8 [3, H, W]``, not normalised; raises :class:`DatasetFormatError` naming unreadable files."""
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+"""PIL modes of single-channel 16-bit images (PIL opens a 16-bit grayscale PNG as ``I;16``, some TIFFs as ``I``)."""
+
+
+def _rgb_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB ``uint8 [3, H, W]`` of an (already oriented) PIL image; see :func:`image_to_tensor`."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(img).astype(np.float64)  # [H, W]
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise DatasetFormatError(f"Image mode {img.mode!r} holds values outside 0..65535; save it as 8 or 16 bit.")
+        gray = np.round(values * (255.0 / 65535.0)).astype(np.uint8)
+        array = np.repeat(gray[..., None], 3, axis=-1)  # [H, W, 3]
+    elif img.mode == "F":
+        raise DatasetFormatError("Floating-point images (PIL mode 'F') have no defined value range; save the image "
+                                 "as an 8- or 16-bit PNG / JPEG or pass a tensor with value_range.")
+    else:
+        array = np.asarray(img.convert("RGB"))  # [H, W, 3]
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def image_to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB ``uint8 [3, H, W]`` from a PIL image (not modified), EXIF orientation applied.
+
+    16-bit grayscale images (``I;16`` / ``I``) are scaled to ``0..255`` (``round(v * 255 / 65535)``) instead of
+    PIL's ``convert("RGB")``, which clips every value above 255; 16-bit RGB PNGs are reduced to 8 bits by PIL
+    itself (high byte). Floating-point images (mode ``F``) have no defined range and are rejected.
+    """
+    return _rgb_tensor(ImageOps.exif_transpose(img))
+
+
+def read_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """RGB image as ``uint8 [3, H, W]``, not normalised, EXIF orientation applied (as detectron2's ``read_image``),
+    16-bit grayscale scaled to 8 bits (:func:`image_to_tensor`); raises :class:`DatasetFormatError` naming
+    unreadable files."""
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))  # [H, W, 3]
+            ImageOps.exif_transpose(img, in_place=True)  # no copy when there is nothing to rotate
+            return _rgb_tensor(img)
+    except DatasetFormatError as err:
+        raise DatasetFormatError(f"Cannot read image {path}: {err}") from err
     except (OSError, UnidentifiedImageError, SyntaxError) as err:
         raise DatasetFormatError(f"Cannot read image {path}: {err}. Re-download or re-extract this file.") from err
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 def read_label_array(path: Path) -> np.ndarray:

@@ -67,12 +67,23 @@ def resize_nearest(label: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return label[..., rows, :][..., cols]
 
 
-def short_side_size(height: int, width: int, size: int, max_long_side: int | None = None) -> tuple[int, int]:
-    """Output ``(h, w)`` with the short side ``size`` (long side capped at ``max_long_side``), rounded half up.
+def short_side_size(
+    height: int, width: int, size: int, max_long_side: int | None = None, truncate: bool = False
+) -> tuple[int, int]:
+    """Output ``(h, w)`` with the short side ``size`` (long side capped at ``max_long_side``).
 
     The scale factor is ``min(size / short, max_long_side / long)``, as mmcv ``imrescale`` with ``keep_ratio`` and
-    detectron2 ``ResizeShortestEdge``; sizes are ``int(x * f + 0.5)``.
+    detectron2 ``ResizeShortestEdge``; sizes are ``int(x * f + 0.5)`` (rounded half up). ``truncate`` gives the
+    MaskCLIP++ encoders' test-time resize instead (maskclippp.md §3.1): short side exactly ``size``, long side
+    ``int(long * size / short)``, e.g. 416 x 320 -> 665 x 512 (rounding half up gives 666 x 512).
     """
+    if truncate:
+        if max_long_side is not None:
+            raise ValueError("truncate=True follows MaskCLIP++'s uncapped resize; max_long_side must be None.")
+        short = min(height, width)
+        if height <= width:
+            return size, int(width * size / short)
+        return int(height * size / short), size
     scale = size / min(height, width)
     if max_long_side is not None:
         scale = min(scale, max_long_side / max(height, width))

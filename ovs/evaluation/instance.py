@@ -22,6 +22,9 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 AP_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 """The first six COCOeval ``stats`` (segm), in this order."""
+AR_NAMES = ("AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+"""COCOeval ``stats[6:12]``: AR at 1 / 10 / ``max_detections`` detections per image, and AR small / medium / large
+at ``max_detections`` (``AR100`` names the default ``max_detections = 100``)."""
 
 
 def _encode(masks: torch.Tensor) -> list[bytes]:
@@ -49,10 +52,13 @@ def _key_rows(rank: int, index: int, columns: Sequence[torch.Tensor], chunks: Se
 
 
 class InstanceAP(Metric):
-    """COCO mask AP (AP, AP50, AP75, APs, APm, APl, in percent) over ``class_ids`` (default: all classes).
+    """COCO mask AP (AP, AP50, AP75, APs, APm, APl), AR (AR1, AR10, AR100, ARs, ARm, ARl) and per-category AP
+    ``AP_per_class [K]``, in percent, over ``class_ids`` (default: all classes), from one COCOeval run.
 
-    Categories without ground truth are excluded from the mean by COCOeval itself, as in detectron2. With no
-    prediction at all every AP is 0.
+    Categories without ground truth are excluded from the mean by COCOeval itself, as in detectron2. Per-category AP
+    is detectron2's ``_derive_coco_results``: the mean of ``eval["precision"][:, :, k, area all, last maxDets]`` over
+    its defined entries (NaN for a category without ground truth or outside ``class_ids``). With no prediction at all
+    every AP and AR is 0.
     """
 
     full_state_update = False
@@ -153,10 +159,17 @@ class InstanceAP(Metric):
                 }
             )
             offset += length
+        names = (*AP_NAMES, *AR_NAMES)
         if not annotations:  # AP is undefined without ground truth
-            return {name: torch.tensor(float("nan"), dtype=torch.float64) for name in AP_NAMES}
+            result = {name: torch.tensor(float("nan"), dtype=torch.float64) for name in names}
+            result["AP_per_class"] = torch.full((self.num_classes,), float("nan"), dtype=torch.float64)
+            return result
+        has_gt = torch.zeros(self.num_classes, dtype=torch.bool)
+        has_gt[gt_keys[:, 2]] = True
         if not results:
-            return {name: torch.tensor(0.0, dtype=torch.float64) for name in AP_NAMES}
+            result = {name: torch.tensor(0.0, dtype=torch.float64) for name in names}
+            result["AP_per_class"] = torch.where(has_gt, 0.0, torch.nan).double()
+            return result
         ground_truth = COCO()
         ground_truth.dataset = {
             "images": [{"id": n, "height": h, "width": w} for n, (h, w) in size.items()],
@@ -171,6 +184,14 @@ class InstanceAP(Metric):
             evaluator.evaluate()
             evaluator.accumulate()
             evaluator.summarize()
-        stats = torch.tensor(evaluator.stats[: len(AP_NAMES)], dtype=torch.float64)
+        stats = torch.tensor(evaluator.stats[: len(names)], dtype=torch.float64)
         stats = torch.where(stats >= 0, 100 * stats, torch.nan)  # COCOeval writes -1 for "no GT in this range"
-        return dict(zip(AP_NAMES, stats))
+        result = dict(zip(names, stats))
+        # precision [T IoUs, R recalls, K categories (sorted catIds), A areas, M maxDets]
+        precision = torch.from_numpy(evaluator.eval["precision"][:, :, :, 0, -1]).double()  # [T, R, K']
+        defined = precision > -1
+        per_category = (precision * defined).sum(dim=(0, 1)) / defined.sum(dim=(0, 1))  # NaN where nothing defined
+        per_class = torch.full((self.num_classes,), float("nan"), dtype=torch.float64)
+        per_class[torch.tensor(evaluator.params.catIds) - 1] = 100 * per_category
+        result["AP_per_class"] = per_class
+        return result

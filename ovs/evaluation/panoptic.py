@@ -11,7 +11,8 @@ Per image (all tensor ops on the segment-pair intersection matrix, no loop over 
   segments of its own category.
 
 State: per-class ``tp``, ``fp``, ``fn`` (int64) and ``iou_sum`` (float64), summed across processes. PQ / SQ / RQ are
-averaged over the classes with ``tp + fp + fn > 0`` (all, things, stuff), in percent.
+averaged over the classes with ``tp + fp + fn > 0`` (all, things, stuff), in percent; per-class PQ / SQ / RQ are
+reported like panopticapi (0 for a class with no TP, FP and FN, which is left out of the averages).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torchmetrics import Metric
 
 
 class PanopticQuality(Metric):
-    """PQ, SQ, RQ for all classes, things and stuff, plus per-class PQ.
+    """PQ, SQ, RQ for all classes, things and stuff, plus per-class PQ, SQ and RQ.
 
     Args:
         num_classes: K (contiguous category ids ``0..K-1``).
@@ -116,21 +117,29 @@ class PanopticQuality(Metric):
         self.fp += torch.bincount(pred_cat[false_positive], minlength=k)
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """``PQ``, ``SQ``, ``RQ`` and their ``_th`` / ``_st`` variants (percent), and per-class ``PQ_per_class``
-        (NaN for classes with no TP, FP or FN)."""
+        """``PQ``, ``SQ``, ``RQ`` and their ``_th`` / ``_st`` variants (percent), the number of classes averaged
+        ``n`` / ``n_th`` / ``n_st``, and ``PQ_per_class`` / ``SQ_per_class`` / ``RQ_per_class`` ``[K]``.
+
+        Per class as panopticapi ``PQStat.pq_average``: ``PQ = iou_sum / (tp + fp/2 + fn/2)``, ``SQ = iou_sum / tp``
+        (0 without TP), ``RQ = tp / (tp + fp/2 + fn/2)``; a class with no TP, FP and FN gets 0 for all three and is
+        left out of the averages (``n`` counts the others; an average over no class is NaN).
+        """
         tp, fp, fn = self.tp.double(), self.fp.double(), self.fn.double()
         denominator = tp + 0.5 * fp + 0.5 * fn
         present = (tp + fp + fn) > 0
-        pq = torch.where(present, self.iou_sum / denominator.clamp_min(1e-12), torch.nan)
-        sq = torch.where(present, torch.where(tp > 0, self.iou_sum / tp.clamp_min(1), 0.0), torch.nan)
-        rq = torch.where(present, tp / denominator.clamp_min(1e-12), torch.nan)
+        zero = torch.zeros_like(tp)
+        pq = torch.where(present, self.iou_sum / denominator.clamp_min(1e-12), zero)
+        sq = torch.where(tp > 0, self.iou_sum / tp.clamp_min(1), zero)
+        rq = torch.where(present, tp / denominator.clamp_min(1e-12), zero)
         is_thing = self.is_thing.to(tp.device)
         result: dict[str, torch.Tensor] = {}
         for suffix, subset in (("", torch.ones_like(is_thing)), ("_th", is_thing), ("_st", ~is_thing)):
+            chosen = subset & present
+            count = int(chosen.sum())
             for name, values in (("PQ", pq), ("SQ", sq), ("RQ", rq)):
-                chosen = values[subset & present]
-                result[f"{name}{suffix}"] = 100 * chosen.mean() if chosen.numel() else torch.tensor(torch.nan)
-        result["PQ_per_class"] = 100 * pq
+                result[f"{name}{suffix}"] = 100 * values[chosen].mean() if count else torch.tensor(torch.nan)
+            result[f"n{suffix}"] = torch.tensor(count)
+        result["PQ_per_class"], result["SQ_per_class"], result["RQ_per_class"] = 100 * pq, 100 * sq, 100 * rq
         return result
 
 

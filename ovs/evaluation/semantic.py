@@ -5,14 +5,17 @@ collecting pixels predicted as "no class" (``ignore_index``: e.g. void predictio
 single ``torch.bincount`` of ``(K + 1) * gt + pred`` over the valid (non-ignore) ground-truth pixels and summed
 across processes (``dist_reduce_fx="sum"``).
 
-Two averaging conventions:
+Three averaging conventions (they differ only in classes that are predicted but absent from the ground truth):
 
-* ``"detectron2"`` (detectron2 ``SemSegEvaluator`` as MaskCLIP++ runs it): IoU and accuracy are defined only for
-  classes with GT pixels (and union > 0); classes absent from the GT are excluded even if predicted.
+* ``"detectron2"`` (current detectron2 ``SemSegEvaluator``, as MaskCLIP++ runs it): IoU and accuracy are defined only
+  for classes with GT pixels (and union > 0); classes absent from the GT are excluded even if predicted.
   fwIoU = sum over those classes of (GT frequency x IoU).
+* ``"detectron2_v0.6"`` (detectron2 v0.6 and the forks pinned to it: Mask2Former, FC-CLIP, SAN, CAT-Seg ...):
+  ``mIoU = sum(IoU over classes with GT) / #(classes with GT or prediction)``, so a predicted-only class counts as
+  IoU 0 in the mean; the per-class IoU is reported only for classes with GT (NaN otherwise, as v0.6 prints it).
 * ``"mmseg"`` (mmseg ``IoUMetric``, SCLIP / NACLIP / ClearCLIP): IoU = I / U with NaN where U = 0, so a class that is
-  only predicted counts with IoU 0; accuracy NaN where a class has no GT pixel; means are ``nanmean``. fwIoU (not
-  reported by mmseg) uses the same definition as detectron2.
+  only predicted counts with IoU 0 (also per class); accuracy NaN where a class has no GT pixel; means are
+  ``nanmean``. Its mIoU equals ``detectron2_v0.6``'s. fwIoU (not reported by mmseg) uses detectron2's definition.
 
 Both give pAcc = correct / valid pixels. Seen / unseen mIoU average the valid IoUs of a boolean class mask.
 Values are percentages, as both references print them.
@@ -27,7 +30,7 @@ from torchmetrics import Metric
 
 from ovs.data.constants import IGNORE_INDEX
 
-CONVENTIONS = ("detectron2", "mmseg")
+CONVENTIONS = ("detectron2", "detectron2_v0.6", "mmseg")
 
 
 class SemanticSegMetric(Metric):
@@ -35,7 +38,7 @@ class SemanticSegMetric(Metric):
 
     Args:
         num_classes: K.
-        convention: ``"detectron2"`` or ``"mmseg"`` (module docstring).
+        convention: ``"detectron2"``, ``"detectron2_v0.6"`` or ``"mmseg"`` (module docstring).
         ignore_index: ground-truth pixels with this value are skipped; predictions with it count as "no class".
         seen: optional ``bool [K]`` mask of classes seen in training (``ovs.data.seen_mask``).
     """
@@ -106,14 +109,19 @@ class SemanticSegMetric(Metric):
         acc = torch.where(has_gt, tp / gt_pixels.clamp_min(1), nan)
         if self.convention == "detectron2":
             iou_valid = has_gt & (union > 0)
+        elif self.convention == "detectron2_v0.6":
+            iou_valid = has_gt
         else:
             iou_valid = union > 0
         iou = torch.where(iou_valid, tp / union.clamp_min(1), nan)
+        # classes entering the means: v0.6 also counts predicted-only classes, with IoU 0
+        in_mean = union > 0 if self.convention == "detectron2_v0.6" else iou_valid
+        iou_in_mean = torch.where(in_mean, torch.nan_to_num(iou, nan=0.0), nan)
         total = gt_pixels.sum()
         undefined = torch.tensor(float("nan"), dtype=torch.float64, device=tp.device)
         frequency = gt_pixels / total.clamp_min(1)  # [K]; IoU is defined wherever frequency > 0
         result = {
-            "mIoU": 100 * _nanmean(iou),
+            "mIoU": 100 * _nanmean(iou_in_mean),
             "fwIoU": 100 * (frequency[has_gt] * iou[has_gt]).sum() if total > 0 else undefined,
             "mAcc": 100 * _nanmean(acc),
             "pAcc": 100 * tp.sum() / total if total > 0 else undefined,
@@ -122,8 +130,8 @@ class SemanticSegMetric(Metric):
         }
         if self.seen is not None:
             seen = self.seen.to(iou.device)
-            result["mIoU_seen"] = 100 * _nanmean(iou[seen])
-            result["mIoU_unseen"] = 100 * _nanmean(iou[~seen])
+            result["mIoU_seen"] = 100 * _nanmean(iou_in_mean[seen])
+            result["mIoU_unseen"] = 100 * _nanmean(iou_in_mean[~seen])
         return result
 
 

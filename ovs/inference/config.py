@@ -13,6 +13,8 @@ from typing import Any
 
 RESIZE_MODES = ("short", "long", "square", "none")
 SCORE_MODES = ("probability", "minmax")
+THRESHOLD_ORDERS = ("before_renormalize", "after_renormalize")
+MINMAX_ORDERS = ("upsample_first", "grid_first")
 PRECISIONS = ("bf16", "fp16", "fp32")
 
 
@@ -34,8 +36,15 @@ class InferenceConfig:
         area_thd: classes covering at most this fraction of the non-background argmax area are zeroed (spec §2.4
             step 3, SCLIP VOC-21); ``None`` = off.
         renormalize: renormalise class probabilities to sum 1 after the synonym max (NACLIP, spec §7).
+        threshold_order: with ``renormalize``, which probabilities ``prob_thd`` compares against:
+            ``before_renormalize`` (NACLIP's released ``postprocess_result``: label and threshold from the
+            synonym-max probabilities, renormalised afterwards; default) or ``after_renormalize`` (threshold on the
+            renormalised probabilities).
         score: ``probability`` (argmax of the post-processed probabilities) or ``minmax`` (argmax of per-name
             min-max normalised cosine maps, GEM package ``normalize=True``, spec §3.3).
+        minmax_order: where ``score="minmax"`` normalises: ``upsample_first`` (GEM ``forward``: bilinear to full
+            resolution, then min-max) or ``grid_first`` (CLIP Surgery ``get_similarity_map``: min-max on each
+            window's patch grid, then bilinear).
         foreground_only: drop the background class from the text classifier; background then comes from
             ``prob_thd`` alone (GEM §4.1 VOC protocol, spec §3.4).
         templates: template-set name or list (``openai80``, ``maskclip85``, ``single``, spec §1.2).
@@ -59,7 +68,9 @@ class InferenceConfig:
     prob_thd: float = 0.0
     area_thd: float | None = None
     renormalize: bool = False
+    threshold_order: str = "before_renormalize"
     score: str = "probability"
+    minmax_order: str = "upsample_first"
     foreground_only: bool = False
     templates: str | tuple[str, ...] = "openai80"
     class_names: str | None = None
@@ -92,6 +103,10 @@ class InferenceConfig:
             problems.append(f"area_thd must be in [0, 1) or None, got {self.area_thd}")
         if self.score not in SCORE_MODES:
             problems.append(f"score must be one of {SCORE_MODES}, got {self.score!r}")
+        if self.threshold_order not in THRESHOLD_ORDERS:
+            problems.append(f"threshold_order must be one of {THRESHOLD_ORDERS}, got {self.threshold_order!r}")
+        if self.minmax_order not in MINMAX_ORDERS:
+            problems.append(f"minmax_order must be one of {MINMAX_ORDERS}, got {self.minmax_order!r}")
         if self.pamr_steps < 0 or (self.pamr_steps and not self.pamr_dilations):
             problems.append("pamr_steps must be >= 0, with at least one dilation when > 0")
         if any(d < 1 for d in self.pamr_dilations):

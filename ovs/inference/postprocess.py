@@ -2,8 +2,10 @@
 §7).
 
 SCLIP / NACLIP / ClearCLIP (spec §2.4): ``p = softmax(logit_scale * logits)`` over all names; class probability =
-max over the class's names; NACLIP renormalises to sum 1; optional area threshold; argmax; pixels whose top
-probability is below ``prob_thd`` become background. GEM (spec §3.3-3.4): the argmax runs on per-name min-max
+max over the class's names; optional area threshold; argmax; pixels whose top probability is below ``prob_thd``
+become background. NACLIP (spec §7) renormalises the probabilities to sum 1, but its released ``postprocess_result``
+takes the label and applies ``prob_thd`` *before* renormalising: that is the default (``threshold_order``); the
+threshold on the renormalised probabilities is an option. GEM (spec §3.3-3.4): the argmax runs on per-name min-max
 normalised cosine maps and, on VOC, background is where ``softmax(100 * cos)`` of the foreground names stays below
 0.85. All of it is tensor code over ``[K, H, W]``; no ``[K, K_names, H, W]`` one-hot product (the reference's synonym
 merge) is ever formed.
@@ -89,11 +91,14 @@ def postprocess(
         raise ValueError("prob_thd > 0 assigns low-confidence pixels to the background, but there is no background "
                          "class; set prob_thd to 0 for datasets without background (SCLIP issue #2).")
     local_background = background_index if class_ids is None else None
-    probs = class_probabilities(name_logits.float(), classifier, config.logit_scale, config.renormalize)  # [K', H, W]
+    raw = class_probabilities(name_logits.float(), classifier, config.logit_scale)  # [K', H, W], synonym max
     if config.area_thd is not None:
-        probs = area_threshold(probs, config.area_thd, local_background)
+        raw = area_threshold(raw, config.area_thd, local_background)
+    probs = raw / raw.sum(dim=0, keepdim=True).clamp_min(1e-30) if config.renormalize else raw  # [K', H, W]
     if config.score == "probability":
         scores = probs
+    elif config.minmax_order == "grid_first":  # already min-max normalised per window grid (CLIP Surgery)
+        scores = classifier.merge_synonyms(name_logits.float(), dim=0)  # [K', H, W]
     else:
         scores = classifier.merge_synonyms(minmax_normalize(name_logits.float()), dim=0)  # [K', H, W]
     labels = scores.argmax(dim=0)  # [H, W]
@@ -103,5 +108,6 @@ def postprocess(
         labels = class_ids[labels]
         scores = scores.new_zeros(num_classes, *scores.shape[-2:]).index_copy_(0, class_ids, scores)
     if config.prob_thd > 0:
-        labels = labels.masked_fill(probs.amax(dim=0) < config.prob_thd, background_index)
+        thresholded = probs if config.threshold_order == "after_renormalize" else raw
+        labels = labels.masked_fill(thresholded.amax(dim=0) < config.prob_thd, background_index)
     return PostProcessed(scores=scores, labels=labels)

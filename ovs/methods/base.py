@@ -33,6 +33,7 @@ from ovs.evaluation.semantic import CONVENTIONS
 from ovs.inference import (
     InferenceConfig,
     PostProcessed,
+    minmax_normalize,
     pamr,
     postprocess,
     resize_for_inference,
@@ -181,6 +182,8 @@ class DenseSegmenter(LightningModule):
         self.dataset_name: str | None = None
         self._overlays_logged = 0
         self._palette: Tensor | None = None
+        self.test_per_class: dict[str, list[Any]] | None = None
+        """Per-class IoU (%) of the last tested dataset, ``{"class": [...], "IoU": [...]}`` (``per_class_iou.csv``)."""
 
     # ------------------------------------------------------------------------------------------------------------
     # What a method defines
@@ -276,6 +279,8 @@ class DenseSegmenter(LightningModule):
         similarity = self.similarity(output, text.float())  # [N, g_h * g_w, K_names]
         n, _, k = similarity.shape
         logits = similarity.transpose(1, 2).reshape(n, k, *output.grid)  # [N, K_names, g_h, g_w]
+        if self.config.score == "minmax" and self.config.minmax_order == "grid_first":
+            logits = minmax_normalize(logits)  # per window and name on the patch grid (CLIP Surgery)
         return resize_logits(logits, windows.shape[-2:])
 
     @staticmethod
@@ -292,16 +297,23 @@ class DenseSegmenter(LightningModule):
         return batch
 
     @torch.inference_mode()
-    def dense_logits(self, images: Sequence[Tensor], output_sizes: Sequence[tuple[int, int]]) -> list[Tensor]:
+    def dense_logits(self, images: Sequence[Tensor], output_sizes: Sequence[tuple[int, int]],
+                     normalized: bool = False) -> list[Tensor]:
         """Raw per-name cosine logits ``[K_names, H_out, W_out]`` per image (spec §2.3, §9.5): resize, normalise,
-        batched windows, canvas average, bilinear to ``output_sizes``, optional PAMR."""
+        batched windows, canvas average, bilinear to ``output_sizes``, optional PAMR.
+
+        ``normalized=True`` takes images already normalised with the CLIP's mean / std (float ``[3, H, W]``, e.g.
+        the exact tensor fed to another implementation): they are resized (bilinear, no ``uint8`` rounding) but not
+        normalised again."""
         config = self.config
         device = self.clip.pixel_mean.device
-        normalised = [
-            self.clip.normalize(resize_for_inference(image.to(device), config.resize, config.size,
-                                                     config.max_long_side)[None])[0]
-            for image in images
-        ]  # [3, h_i, w_i] each
+        normalised = []
+        for image in images:
+            if normalized and not image.is_floating_point():
+                raise ValueError("normalized=True expects float images normalised with the CLIP mean / std, got "
+                                 f"{image.dtype}; pass normalized=False for images in [0, 255].")
+            resized = resize_for_inference(image.to(device), config.resize, config.size, config.max_long_side)
+            normalised.append(resized.float() if normalized else self.clip.normalize(resized[None])[0])  # [3, h, w]
         pad_multiple = self.patch_size if config.pad_to_patch else 0
         canvases = slide_inference(normalised, self.encode_windows, config.slide_crop, config.slide_stride,
                                    config.window_batch, pad_multiple)
@@ -381,11 +393,14 @@ class DenseSegmenter(LightningModule):
         self._log_overlays(list(batch["image"]), predictions, targets)
 
     def on_test_epoch_end(self) -> None:
-        """Log ``test/<metric>`` scalars and the per-class IoU table of the dataset."""
+        """Log ``test/<metric>`` scalars and the per-class IoU table of the dataset; keep the per-class IoU in
+        :attr:`test_per_class`."""
         if self.metric is None:
             return
         values = self.metric.compute()
         self.log_dict({f"test/{name}": float(values[name]) for name in TEST_METRICS if name in values})
+        if self._class_names is not None:
+            self.test_per_class = {"class": [names[0] for names in self._class_names], "IoU": values["IoU"].tolist()}
         writer = getattr(self.logger, "experiment", None)
         if self.global_rank == 0 and hasattr(writer, "add_text") and self._class_names is not None:
             log_per_class_iou_table(writer, [names[0] for names in self._class_names], values["IoU"].cpu(),

@@ -24,6 +24,7 @@ query. ProxyCLIP (spec §8) is not included: it needs DINO weights from ``torch.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ovs.backbones import AttentionInputs, BlockOverride, ParallelPathway, ViTDenseOutput, ViTPolicy
+from ovs.inference import minmax_normalize, resize_logits
 from ovs.methods.base import DenseSegmenter
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -217,7 +219,9 @@ class ClearCLIP(DenseSegmenter):
 class NACLIP(DenseSegmenter):
     """NACLIP: neighbourhood attention ``softmax(k kᵀ s + Ω) v`` in the last block, no residual and FFN (spec §7);
     SCLIP's pipeline with logit scale 40, probabilities renormalised after the synonym max and PAMR (10 iterations,
-    dilations 8 / 16) on by default.
+    dilations 8 / 16) on by default. As in NACLIP's ``postprocess_result``, the label and ``prob_thd`` come from the
+    probabilities before the renormalisation (``threshold_order: before_renormalize``; ``after_renormalize`` is the
+    option).
 
     Args:
         sigma: width of the Gaussian neighbourhood in patches.
@@ -244,6 +248,11 @@ class CLIPSurgery(DenseSegmenter):
     The reference's in-place square-only positional embedding (variant C) becomes a non-mutating bilinear
     interpolation that also handles non-square inputs.
 
+    Min-max maps follow the reference's ``get_similarity_map``: each name's map is min-max normalised on the patch
+    grid and then upsampled bilinearly (``minmax_order: grid_first``, used when ``score: minmax``; GEM upsamples
+    first). :meth:`surgery_similarity` returns the similarity of every token (CLS row included) and
+    :meth:`similarity_map` the reference's maps.
+
     Args:
         depth: number of final blocks on the surgery path (6 in the released code).
         feature_surgery: apply feature surgery (``False`` = plain cosine of the surgery tokens).
@@ -251,7 +260,7 @@ class CLIPSurgery(DenseSegmenter):
         **kwargs: :class:`DenseSegmenter` arguments.
     """
 
-    default_inference = {**SCLIP_PROTOCOL, "templates": "maskclip85"}
+    default_inference = {**SCLIP_PROTOCOL, "templates": "maskclip85", "minmax_order": "grid_first"}
     default_pos_embed = "bilinear"
 
     def __init__(self, depth: int = 6, feature_surgery: bool = True, surgery_temperature: float = 2.0,
@@ -266,16 +275,42 @@ class CLIPSurgery(DenseSegmenter):
         path = ParallelPathway(depth=self.depth, attention=value_value_attention, keep_original_cls=True)
         return ViTPolicy(parallel=path, pos_embed=self.pos_embed)
 
-    def similarity(self, output: ViTDenseOutput, text: Tensor) -> Tensor:
-        """Feature-surgery similarity ``[B, N, K_names]`` (spec §5)."""
+    def token_similarity(self, tokens: Tensor, text: Tensor) -> Tensor:
+        """Feature-surgery similarity of all tokens ``[B, 1 + N, D]`` with ``text [K_names, D]``:
+        ``[B, 1 + N, K_names]`` (spec §5; the class weights come from the CLS row, token 0)."""
+        tokens = F.normalize(tokens.float(), dim=-1)  # [B, 1 + N, D]
         if not self.feature_surgery:
-            return super().similarity(output, text)
-        tokens = F.normalize(output.tokens.float(), dim=-1)  # [B, 1 + N, D]
+            return tokens @ text.T
         weights = torch.softmax(self.surgery_temperature * tokens[:, 0] @ text.T, dim=-1)  # [B, K]
         weights = weights / weights.mean(dim=-1, keepdim=True)
         redundant = (weights @ text) / text.shape[0]  # [B, D] = mean_c w_c T_c
-        patches = tokens[:, 1:]  # [B, N, D]
-        return (patches @ text.T) * weights[:, None] - (patches @ redundant[..., None])  # [B, N, K]
+        return (tokens @ text.T) * weights[:, None] - (tokens @ redundant[..., None])  # [B, 1 + N, K]
+
+    def similarity(self, output: ViTDenseOutput, text: Tensor) -> Tensor:
+        """Feature-surgery similarity of the patch tokens ``[B, N, K_names]`` (spec §5)."""
+        return self.token_similarity(output.tokens, text)[:, 1:]
+
+    @torch.inference_mode()
+    def surgery_similarity(self, images: Tensor, normalized: bool = False) -> tuple[Tensor, tuple[int, int]]:
+        """Similarity of every token with every name of the current vocabulary, as the reference's
+        ``clip_feature_surgery(image_features, text_features)``: ``[B, 1 + g_h * g_w, K_names]`` (row 0 = CLS) and
+        the patch grid ``(g_h, g_w)``. ``images [B, 3, H, W]`` are used at their size (no protocol resize), in
+        ``[0, 255]`` or already normalised (``normalized=True``)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"Expected images [B, 3, H, W], got shape {tuple(images.shape)}.")
+        device = self.clip.pixel_mean.device
+        pixels = images.to(device).float() if normalized else self.clip.normalize(images.to(device))
+        with self.autocast():
+            output = self.clip.dense.forward_dense(pixels, self.policy)
+        return self.token_similarity(output.tokens, self.vocabulary.classifier.embeddings.float()), output.grid
+
+    def similarity_map(self, images: Tensor, size: tuple[int, int] | None = None,
+                       normalized: bool = False) -> Tensor:
+        """The reference's ``get_similarity_map``: per-name min-max over the patch grid, then bilinear to ``size``
+        (default: the input size): ``[B, K_names, H, W]`` in ``[0, 1]``."""
+        similarity, grid = self.surgery_similarity(images, normalized)
+        maps = similarity[:, 1:].transpose(1, 2).reshape(similarity.shape[0], -1, *grid)  # [B, K_names, g_h, g_w]
+        return resize_logits(minmax_normalize(maps), tuple(size or images.shape[-2:]))
 
 
 class GEM(DenseSegmenter):
@@ -325,6 +360,22 @@ class GEM(DenseSegmenter):
         check_depth(self.depth, self.clip.dense.num_blocks)
         attention = GEMAttention(self.iterations, self.inverse_temperature)
         return ViTPolicy(parallel=ParallelPathway(depth=self.depth, attention=attention), pos_embed=self.pos_embed)
+
+    @torch.inference_mode()
+    def encode_tokens(self, images: Tensor, normalized: bool = False, return_original: bool = True) -> ViTDenseOutput:
+        """GEM and original-path tokens of ``images [B, 3, H, W]`` at their size (no protocol resize), as the
+        package's ``visual(x)`` returning ``[feat_gem, feat_ori]`` (spec §3.2): ``tokens`` = ``ln_post`` + ``proj``
+        of the GEM path ``[B, 1 + N, D]``, ``original`` = the same for the original path (``return_original``,
+        which runs the last original block to its end). Images in ``[0, 255]`` or normalised (``normalized``)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"Expected images [B, 3, H, W], got shape {tuple(images.shape)}.")
+        device = self.clip.pixel_mean.device
+        pixels = images.to(device).float() if normalized else self.clip.normalize(images.to(device))
+        policy = self.policy
+        if return_original and policy.parallel is not None:
+            policy = replace(policy, parallel=replace(policy.parallel, return_original=True))
+        with self.autocast():
+            return self.clip.dense.forward_dense(pixels, policy)
 
 
 def check_depth(depth: int, num_blocks: int) -> None:

@@ -95,6 +95,8 @@ def test_maskclippp_files_are_consistent() -> None:
         ("cat, cat\n", "line 1 .* repeats a synonym"),
         ("cat, kitty\ndog\nKitty, cat\n", "line 3 .* duplicates the class on line 1"),
         ("", "is empty"),
+        ("# only a comment\n", "is empty"),
+        ("cat\ndog # a pet\n", "line 2 .* contains '#'"),
     ],
 )
 def test_invalid_files_are_rejected_naming_the_file(tmp_path: Path, text: str, message: str) -> None:
@@ -102,6 +104,24 @@ def test_invalid_files_are_rejected_naming_the_file(tmp_path: Path, text: str, m
     path.write_text(text)
     with pytest.raises(ClassNamesError, match=f"{path}.*{message}|{path} {message}"):
         load_class_names(path)
+
+
+def test_bom_trailing_newlines_and_comment_lines(tmp_path: Path) -> None:
+    path = tmp_path / "names.txt"
+    path.write_bytes("\ufeffcat, kitty\r\n# pets above, sky below\r\n  # indented comment\nsky\n\n\n".encode())
+    assert load_class_names(path) == [["cat", "kitty"], ["sky"]]
+
+
+def test_python_lists_are_validated_like_files() -> None:
+    from ovs.data.class_names import validate_class_names
+
+    assert validate_class_names([[" cat", "kitty "], ["dog"]]) == [["cat", "kitty"], ["dog"]]
+    with pytest.raises(ClassNamesError, match="class 2 .* duplicates the class on class 0"):
+        validate_class_names([["cat"], ["dog"], ["Cat"]])
+    with pytest.raises(ClassNamesError, match="class 1 .* repeats a synonym"):
+        validate_class_names([["cat"], ["dog", "dog"]])
+    with pytest.raises(ClassNamesError, match="is empty"):
+        validate_class_names([])
 
 
 def test_same_first_name_different_classes_is_allowed(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from ovs.evaluation import InstanceAP
-from ovs.evaluation.instance import AP_NAMES
+from ovs.evaluation.instance import AP_NAMES, AR_NAMES
 
 
 def random_image(rng: np.random.Generator, k: int) -> dict[str, np.ndarray]:
@@ -39,7 +39,8 @@ def random_image(rng: np.random.Generator, k: int) -> dict[str, np.ndarray]:
     }  # fmt: skip
 
 
-def cocoeval_reference(images: list[dict[str, np.ndarray]], k: int) -> np.ndarray:
+def cocoeval_reference(images: list[dict[str, np.ndarray]], k: int, cat_ids: list[int] | None = None) -> np.ndarray:
+    """All 12 COCOeval ``stats``; ``cat_ids`` (1-based) restricts the evaluation (per-category AP = ``stats[0]``)."""
     def rle(mask: np.ndarray) -> dict:
         return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
 
@@ -64,10 +65,12 @@ def cocoeval_reference(images: list[dict[str, np.ndarray]], k: int) -> np.ndarra
     with contextlib.redirect_stdout(io.StringIO()):
         gt.createIndex()
         evaluator = COCOeval(gt, gt.loadRes(results), iouType="segm")
+        if cat_ids is not None:
+            evaluator.params.catIds = cat_ids
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    return evaluator.stats[:6]
+    return evaluator.stats
 
 
 def update(metric: InstanceAP, image: dict[str, np.ndarray]) -> None:
@@ -90,12 +93,19 @@ def test_matches_cocoeval(seed: int) -> None:
         update(metric, image)
     result = metric.compute()
     reference = cocoeval_reference(images, 3)
-    assert 0 < reference[0] < 1
-    for name, value in zip(AP_NAMES, reference):
+    assert 0 < reference[0] < 1 and 0 < reference[8] < 1
+    for name, value in zip(AP_NAMES + AR_NAMES, reference):  # AR: COCOeval stats[6:12]
         if value < 0:
             assert result[name].isnan()
         else:
             assert math.isclose(float(result[name]), 100 * value, rel_tol=1e-12), name
+    # per-category AP from the single run == a separate COCOeval restricted to that category
+    for c in range(3):
+        alone = cocoeval_reference(images, 3, cat_ids=[c + 1])[0]
+        if alone < 0:
+            assert result["AP_per_class"][c].isnan()
+        else:
+            assert math.isclose(float(result["AP_per_class"][c]), 100 * alone, rel_tol=1e-9, abs_tol=1e-12), c
 
 
 def test_perfect_and_empty_predictions() -> None:
@@ -109,7 +119,8 @@ def test_perfect_and_empty_predictions() -> None:
     empty = InstanceAP(2)
     no_masks, no_labels = torch.zeros(0, 8, 8, dtype=torch.bool), torch.zeros(0, dtype=torch.long)
     empty.update(no_masks, torch.zeros(0), no_labels, masks, labels)
-    assert empty.compute()["AP"] == 0.0
+    assert empty.compute()["AP"] == 0.0 and empty.compute()["AR100"] == 0.0
+    assert empty.compute()["AP_per_class"].tolist() == [0.0, 0.0]
     no_ground_truth = InstanceAP(2)
     no_ground_truth.update(masks, torch.tensor([0.9, 0.8]), labels, masks[:0], labels[:0])
     assert no_ground_truth.compute()["AP"].isnan()

@@ -115,7 +115,27 @@ def test_crowd_region_absorbs_predictions_of_its_class() -> None:
     # class 0 prediction lies on a crowd region of class 0 -> ignored; class 1 prediction -> FP; crowd -> no FN
     assert metric.tp.tolist() == [0, 0] and metric.fp.tolist() == [0, 1] and metric.fn.tolist() == [0, 0]
     result = metric.compute()
-    assert result["PQ"] == 0.0 and result["PQ_per_class"][0].isnan()
+    assert result["PQ"] == 0.0 and result["PQ_per_class"][0] == 0.0 and int(result["n"]) == 1
+
+
+def test_per_class_values_follow_panopticapi_for_a_category_without_tp_fp_fn() -> None:
+    """Class 0: GT segment 1 matched by prediction 5 with IoU 3/4 (TP), GT segment 2 unmatched (FN) -> PQ = 0.75 /
+    1.5 = 50, SQ = 75, RQ = 1 / 1.5. Class 1: no GT, no prediction -> per-class PQ / SQ / RQ 0 (panopticapi
+    ``pq_average``) and left out of the means (n = 2). Class 2: prediction 7 on segment 2 (FP) -> 0 / 0 / 0, but it
+    counts in the means."""
+    gt = torch.tensor([[1, 1, 1, 1, 2, 2]])
+    pred = torch.tensor([[5, 5, 5, 0, 7, 7]])
+    metric = PanopticQuality(3, [True, True, False])
+    metric.update(pred, [{"id": 5, "category_id": 0}, {"id": 7, "category_id": 2}],
+                  gt, [{"id": 1, "category_id": 0, "iscrowd": 0}, {"id": 2, "category_id": 0, "iscrowd": 0}])
+    result = metric.compute()
+    torch.testing.assert_close(result["PQ_per_class"], torch.tensor([50.0, 0.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(result["SQ_per_class"], torch.tensor([75.0, 0.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(result["RQ_per_class"], torch.tensor([100 / 1.5, 0.0, 0.0], dtype=torch.float64))
+    assert int(result["n"]) == 2 and int(result["n_th"]) == 1 and int(result["n_st"]) == 1
+    assert math.isclose(result["PQ"], 25.0) and math.isclose(result["SQ"], 37.5)
+    assert math.isclose(result["RQ"], 100 / 3)
+    assert math.isclose(result["PQ_th"], 50.0) and result["PQ_st"] == 0.0
 
 
 def random_panoptic_pair(rng: np.random.Generator, k: int) -> tuple[np.ndarray, list, np.ndarray, list]:

@@ -44,6 +44,30 @@ def test_conventions_differ_on_predicted_only_classes() -> None:
         assert math.isclose(result["mAcc"], 100 / 3) and math.isclose(result["pAcc"], 100 / 3)
 
 
+def test_three_conventions_on_a_predicted_only_class() -> None:
+    """GT / prediction pairs over K = 4: (0,0) x3, (0,1), (1,1) x2, (1,3); class 2 appears nowhere, class 3 is only
+    predicted. By hand: I = (3, 2, 0, 0), GT = (4, 3, 0, 0), pred = (3, 3, 0, 1), U = (4, 4, 0, 1).
+    detectron2: mean over GT classes {0, 1} = (3/4 + 2/4) / 2; v0.6: (3/4 + 2/4) / #{0, 1, 3} with class 3's IoU
+    reported as NaN; mmseg: nanmean(3/4, 2/4, NaN, 0) with class 3's IoU 0."""
+    gt = torch.tensor([[0, 0, 0, 0], [1, 1, 1, -1]])
+    pred = torch.tensor([[0, 0, 0, 1], [1, 1, 3, 2]])
+    results = {}
+    for convention in ("detectron2", "detectron2_v0.6", "mmseg"):
+        metric = SemanticSegMetric(4, convention, seen=torch.tensor([True, True, False, False]))
+        metric.update(pred, gt)
+        results[convention] = metric.compute()
+    d2, v06, mm = results["detectron2"], results["detectron2_v0.6"], results["mmseg"]
+    assert math.isclose(d2["mIoU"], 100 * (3 / 4 + 2 / 4) / 2)
+    assert math.isclose(v06["mIoU"], 100 * (3 / 4 + 2 / 4) / 3)
+    assert math.isclose(mm["mIoU"], 100 * (3 / 4 + 2 / 4 + 0) / 3)
+    assert d2["IoU"][2:].isnan().all() and v06["IoU"][2:].isnan().all()
+    assert mm["IoU"][2].isnan() and mm["IoU"][3] == 0.0
+    assert math.isclose(v06["mIoU_unseen"], 0.0) and d2["mIoU_unseen"].isnan()  # class 3 only in v0.6 / mmseg
+    for result in results.values():
+        assert result["IoU"][:2].tolist() == [75.0, 50.0]
+        assert math.isclose(result["mAcc"], 100 * (3 / 4 + 2 / 3) / 2) and math.isclose(result["pAcc"], 500 / 7)
+
+
 def test_all_ignore_image_changes_nothing() -> None:
     metric = SemanticSegMetric(3)
     metric.update(PRED, GT)
@@ -116,6 +140,31 @@ def detectron2_reference(preds: list[np.ndarray], gts: list[np.ndarray], k: int)
     }
 
 
+def detectron2_v06_reference(preds: list[np.ndarray], gts: list[np.ndarray], k: int) -> dict[str, float]:
+    """detectron2 v0.6 SemSegEvaluator.evaluate: IoU set for classes with GT, mean divided by #(GT or prediction)."""
+    conf = np.zeros((k + 1, k + 1), dtype=np.int64)
+    for pred, gt in zip(preds, gts):
+        gt = gt.copy()
+        gt[gt == -1] = k
+        conf += np.bincount((k + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
+    acc, iou = np.full(k, np.nan), np.full(k, np.nan)
+    tp = conf.diagonal()[:-1].astype(float)
+    pos_gt = np.sum(conf[:-1, :-1], axis=0).astype(float)
+    class_weights = pos_gt / np.sum(pos_gt)
+    pos_pred = np.sum(conf[:-1, :-1], axis=1).astype(float)
+    acc_valid = pos_gt > 0
+    acc[acc_valid] = tp[acc_valid] / pos_gt[acc_valid]
+    iou_valid = (pos_gt + pos_pred) > 0
+    union = pos_gt + pos_pred - tp
+    iou[acc_valid] = tp[acc_valid] / union[acc_valid]
+    return {
+        "mIoU": 100 * np.sum(iou[acc_valid]) / np.sum(iou_valid),
+        "fwIoU": 100 * np.sum(iou[acc_valid] * class_weights[acc_valid]),
+        "mAcc": 100 * np.sum(acc[acc_valid]) / np.sum(acc_valid),
+        "pAcc": 100 * np.sum(tp) / np.sum(pos_gt),
+    }
+
+
 def mmseg_reference(preds: list[np.ndarray], gts: list[np.ndarray], k: int) -> dict[str, float]:
     """mmseg IoUMetric: intersect_and_union per image, total_area_to_metrics with nanmean."""
     inter, union, label_area = np.zeros(k), np.zeros(k), np.zeros(k)
@@ -141,7 +190,8 @@ def test_matches_reference_implementations(seed: int) -> None:
     # classes 5 and 6 never appear in the GT; class 6 is predicted sometimes
     gts = [rng.integers(-1, 5, size=(9, 13)) for _ in range(4)]
     preds = [np.where(rng.random((9, 13)) < 0.6, np.clip(g, 0, None), rng.integers(0, k, size=(9, 13))) for g in gts]
-    for convention, reference in (("detectron2", detectron2_reference), ("mmseg", mmseg_reference)):
+    for convention, reference in (("detectron2", detectron2_reference), ("detectron2_v0.6", detectron2_v06_reference),
+                                  ("mmseg", mmseg_reference)):
         metric = SemanticSegMetric(k, convention)
         for pred, gt in zip(preds, gts):
             metric.update(torch.from_numpy(pred), torch.from_numpy(gt))

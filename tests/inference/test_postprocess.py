@@ -85,6 +85,25 @@ def test_naclip_renormalisation_after_synonym_max() -> None:
     torch.testing.assert_close(scores, merged / merged.sum(0))
 
 
+def test_naclip_thresholds_before_renormalising_by_default() -> None:
+    """NACLIP's ``postprocess_result`` (spec §7): label and ``prob_thd`` from the synonym-max probabilities, then
+    renormalise. Constructed name probabilities (background, cat, kitty, dog):
+    pixel 0 = (0.10, 0.45, 0.40, 0.05): max 0.45 < 0.5 -> background; renormalised p(cat) = 0.45 / 0.60 = 0.75
+    would keep cat. pixel 1 = (0.05, 0.60, 0.30, 0.05): 0.60 passes both. pixel 2 = (0.20, 0.10, 0.10, 0.60):
+    dog 0.60 passes both."""
+    vocab = classifier([["background"], ["cat", "kitty"], ["dog"]])
+    name_probs = torch.tensor([[0.10, 0.45, 0.40, 0.05], [0.05, 0.60, 0.30, 0.05], [0.20, 0.10, 0.10, 0.60]])
+    logits = (name_probs.log() / 40.0).T.reshape(4, 1, 3)  # softmax(40 * logits) over names = name_probs
+    default = postprocess(logits, vocab, InferenceConfig(renormalize=True, prob_thd=0.5), background_index=0)
+    assert default.labels.tolist() == [[0, 1, 2]]
+    merged = torch.tensor([[0.10, 0.45, 0.05], [0.05, 0.60, 0.05], [0.20, 0.10, 0.60]])  # by hand
+    torch.testing.assert_close(default.scores[:, 0].T, merged / merged.sum(1, keepdim=True))
+    option = InferenceConfig(renormalize=True, prob_thd=0.5, threshold_order="after_renormalize")
+    assert postprocess(logits, vocab, option, background_index=0).labels.tolist() == [[1, 1, 2]]
+    with pytest.raises(ValueError, match="threshold_order"):
+        InferenceConfig(threshold_order="later")
+
+
 def test_gem_minmax_argmax_and_foreground_background_rule() -> None:
     """GEM VOC (spec §3.4): foreground-only classifier, argmax of per-class min-max maps, background where
     softmax(100 cos) over the foreground stays below 0.85."""

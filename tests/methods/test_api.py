@@ -44,6 +44,52 @@ def test_every_image_input_type_gives_the_same_result(array: np.ndarray, tmp_pat
     assert segment(torch.from_numpy(array).permute(2, 0, 1).float(), names, **TINY).labels.shape == (45, 60)
 
 
+def test_float_images_in_unit_range_need_an_explicit_value_range(array: np.ndarray) -> None:
+    """A [0, 1] float tensor used to be read as 0..255 (an almost black image, one class everywhere)."""
+    names = ["cat", "dog", "sky"]
+    unit = torch.from_numpy(array).permute(2, 0, 1).float() / 255
+    with pytest.raises(ValueError, match="value_range=\\(0, 1\\)"):
+        segment(unit, names, **TINY)
+    expected = segment(torch.from_numpy(array).permute(2, 0, 1).float(), names, **TINY)
+    scaled = segment(unit, names, value_range=(0, 1), **TINY)
+    torch.testing.assert_close(scaled.logits, expected.logits, atol=1e-4, rtol=0)
+    assert torch.equal(api.load_image(unit, (0, 1)), unit * 255)
+    assert torch.equal(api.load_image(array.astype(np.float32) / 255, (0.0, 1.0)).round().byte(),
+                       torch.from_numpy(array).permute(2, 0, 1))
+    with pytest.raises(ValueError, match="outside value_range"):
+        api.load_image(unit * 2, (0, 1))
+
+
+def test_urls_directories_and_duplicate_classes_fail_with_what_is_supported(array: np.ndarray,
+                                                                           tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="'https://example.com/a.jpg' is a URL; ovs never downloads"):
+        segment("https://example.com/a.jpg", ["cat"], **TINY)
+    with pytest.raises(IsADirectoryError, match="is a directory; pass one image file"):
+        segment(tmp_path, ["cat"], **TINY)
+    with pytest.raises(ValueError, match="class 2 .* duplicates the class on class 0"):
+        segment(array, ["cat", "dog", "cat"], **TINY)
+    names = tmp_path / "names.txt"
+    names.write_text("cat\ndog\ncat\n")
+    with pytest.raises(ValueError, match="line 3 .* duplicates the class on line 1"):
+        segment(array, str(names), **TINY)
+
+
+def test_an_already_built_clip_is_used_as_is(tiny_vit, array: np.ndarray) -> None:
+    """create_segmenter / segment share the given CLIP (no weights loaded) and give the same result as the module
+    built around it."""
+    model = create_segmenter("sclip", clip=tiny_vit, size=40, slide_crop=32, slide_stride=16, templates="single")
+    assert model.clip is tiny_vit and model.config.size == 40
+    model.set_vocabulary(["cat", "dog"])
+    expected = model.segment([torch.from_numpy(array).permute(2, 0, 1)])[0]
+    result = segment(array, ["cat", "dog"], clip=tiny_vit, size=40, slide_crop=32, slide_stride=16,
+                     templates="single")
+    assert torch.equal(result.labels, expected.labels)
+    torch.testing.assert_close(result.logits, expected.scores)
+    assert any(cached.clip is tiny_vit for cached in api._CACHE.values())
+    with pytest.raises(TypeError, match="ovs CLIP"):
+        create_segmenter("sclip", clip=tiny_vit.model)
+
+
 def test_segmenter_is_cached_and_protocol_changes_per_call(array: np.ndarray) -> None:
     api.clear_cache()
     segment(array, ["cat", "dog"], **TINY)
@@ -71,8 +117,8 @@ def test_create_segmenter_builds_an_eval_module() -> None:
 def test_bad_inputs_fail_with_one_clear_message(array: np.ndarray) -> None:
     with pytest.raises(ValueError, match="Unknown method 'sclipp'"):
         segment(array, ["cat"], method="sclipp", **TINY)
-    with pytest.raises(ValueError, match="uint8 \\[H, W, 3\\]"):
-        segment(array.astype(np.float32), ["cat"], **TINY)
+    with pytest.raises(ValueError, match="uint8 \\[H, W, 3\\] or float"):
+        segment(array.astype(np.int32), ["cat"], **TINY)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         segment("missing.jpg", ["cat"], **TINY)
     with pytest.raises(ValueError, match="Unknown inference setting"):

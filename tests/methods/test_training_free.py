@@ -324,3 +324,74 @@ def test_methods_reject_non_vit_backbones() -> None:
 
     with pytest.raises(ValueError, match="modifies ViT attention blocks"):
         SCLIP(clip=create_clip(TINY_RESNET))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Parity helpers of the public API (issue 11): CLIP Surgery maps, normalised input, GEM's original path
+
+
+def surgery_reference(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """CLIP Surgery's clip_feature_surgery on all tokens (CLS row included): [B, 1 + N, K]."""
+    feats = tokens / tokens.norm(dim=-1, keepdim=True)
+    prob = torch.softmax(2 * feats[:, :1] @ text.T, dim=-1)  # [B, 1, K]
+    w = prob / prob.mean(-1, keepdim=True)
+    product = feats[:, :, None, :] * text[None, None] * w[:, :, :, None]  # [B, 1 + N, K, D]
+    return (product - product.mean(dim=2, keepdim=True)).sum(-1)
+
+
+def test_clip_surgery_similarity_map_normalises_on_the_grid_then_upsamples(tiny_vit, images) -> None:
+    """get_similarity_map: min-max per name over the 4 x 4 patch grid, then bilinear to 32 x 32. The same maps
+    drive the pipeline's ``score: minmax``; min-max after upsampling (GEM's order) gives different maps."""
+    method = CLIPSurgery(clip=tiny_vit, depth=2)
+    method.set_vocabulary(["cat", "dog", "sky", "grass"])
+    text = method.vocabulary.classifier.embeddings
+    tokens = reference_parallel(tiny_vit.model.visual, images, native_pos(tiny_vit), 2,
+                                lambda h, q, k, v, s: softmax_attend(v, v, v, s), keep_original_cls=True)
+    similarity = surgery_reference(tokens, text)  # [B, 1 + N, K]
+    grid = similarity[:, 1:].transpose(1, 2).reshape(2, 4, 4, 4)  # [B, K, 4, 4]
+    low, high = grid.amin(dim=(2, 3), keepdim=True), grid.amax(dim=(2, 3), keepdim=True)
+    expected = F.interpolate((grid - low) / (high - low), size=(32, 32), mode="bilinear", align_corners=False)
+
+    returned, returned_grid = method.surgery_similarity(images, normalized=True)
+    assert returned_grid == (4, 4)
+    torch.testing.assert_close(returned, similarity, atol=ATOL, rtol=0)  # CLS row included
+    torch.testing.assert_close(method.similarity_map(images, normalized=True), expected, atol=ATOL, rtol=0)
+    method.configure_protocol(resize="none", slide_crop=0, score="minmax")
+    logits = method.dense_logits(list(images), [(32, 32)] * 2, normalized=True)
+    torch.testing.assert_close(torch.stack(logits), expected, atol=ATOL, rtol=0)
+    upsampled = F.interpolate(grid, size=(32, 32), mode="bilinear", align_corners=False)
+    up_low, up_high = upsampled.amin(dim=(2, 3), keepdim=True), upsampled.amax(dim=(2, 3), keepdim=True)
+    assert ((upsampled - up_low) / (up_high - up_low) - expected).abs().max() > 1e-2  # the orders differ
+    result = method.segment(list(images * 40 + 128))[0]
+    assert result.scores.shape == (4, 32, 32) and torch.equal(result.labels, result.scores.argmax(0))
+
+
+def test_dense_logits_accepts_normalised_input(tiny_vit, images) -> None:
+    """normalized=True skips the CLIP normalisation: identical to feeding (images * std + mean) un-normalised."""
+    method = SCLIP(clip=tiny_vit)
+    method.set_vocabulary(["cat", "dog"])
+    method.configure_protocol(resize="none", slide_crop=0)
+    tokens = reference_last_block(tiny_vit.model.visual, images, native_pos(tiny_vit), lambda h, q, k, v, s: (
+        softmax_attend(q, q, v, s) + softmax_attend(k, k, v, s)))
+    patches = tokens[:, 1:] / tokens[:, 1:].norm(dim=-1, keepdim=True)
+    cos = (patches @ method.vocabulary.classifier.embeddings.T).transpose(1, 2).reshape(2, 2, 4, 4)
+    expected = F.interpolate(cos, size=(32, 32), mode="bilinear", align_corners=False)
+    normalised = method.dense_logits(list(images), [(32, 32)] * 2, normalized=True)
+    torch.testing.assert_close(torch.stack(normalised), expected, atol=ATOL, rtol=0)
+    mean, std = tiny_vit.pixel_mean.view(3, 1, 1), tiny_vit.pixel_std.view(3, 1, 1)
+    raw = method.dense_logits(list(images * std + mean), [(32, 32)] * 2)
+    torch.testing.assert_close(torch.stack(raw), expected, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="normalized=True expects float images"):
+        method.dense_logits([torch.zeros(3, 32, 32, dtype=torch.uint8)], [(32, 32)], normalized=True)
+
+
+def test_gem_returns_its_original_path_tokens(tiny_vit, images) -> None:
+    """encode_tokens: GEM path tokens and the original path (the unmodified ViT, as GEM's feat_ori)."""
+    method = GEM(clip=tiny_vit, depth=2)
+    output = method.encode_tokens(images, normalized=True)
+    gem = reference_parallel(tiny_vit.model.visual, images, native_pos(tiny_vit), 2,
+                             lambda h, q, k, v, s: gem_reference(h, q, k, v, s))
+    original = reference_last_block(tiny_vit.model.visual, images, native_pos(tiny_vit))
+    torch.testing.assert_close(output.tokens, gem, atol=ATOL, rtol=0)
+    torch.testing.assert_close(output.original, original, atol=ATOL, rtol=0)
+    assert method.encode_tokens(images, normalized=True, return_original=False).original is None
