@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 CONSTRAINTS := requirements/constraints-ci.txt
 STAMP := $(VENV)/.ovs-installed
 
-.PHONY: install test demo clean-venv
+.PHONY: install install-detectron2 install-diffusion test demo clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,22 @@ $(STAMP): $(PY) pyproject.toml $(CONSTRAINTS)
 
 install: $(STAMP)
 
-test: $(STAMP)
+# Optional stacks, each installed by the repository's own script (CI runs them through `make test`).
+D2_STAMP := $(VENV)/.ovs-detectron2
+$(D2_STAMP): $(STAMP) tools/install_detectron2.sh
+	bash tools/install_detectron2.sh $(PY)
+	touch $(D2_STAMP)
+
+install-detectron2: $(D2_STAMP)
+
+DIFFUSION_STAMP := $(VENV)/.ovs-diffusion
+$(DIFFUSION_STAMP): $(STAMP) tools/install_diffusion.sh
+	bash tools/install_diffusion.sh $(PY)
+	touch $(DIFFUSION_STAMP)
+
+install-diffusion: $(DIFFUSION_STAMP)
+
+test: $(STAMP) $(D2_STAMP) $(DIFFUSION_STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

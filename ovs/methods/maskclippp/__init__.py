@@ -13,9 +13,11 @@ from ovs.methods.maskclippp.encoders import (
     ViTMaskTokens,
     build_mask_encoder,
 )
+from ovs.methods.maskclippp.fusion import fuse_scores, train_to_test_lut
 from ovs.methods.maskclippp.loss import ReweightCELoss, reweight_ce_weights
 from ovs.methods.maskclippp.metrics import MaskAccuracy
 from ovs.methods.maskclippp.module import MaskCLIPPP
+from ovs.methods.maskclippp.postprocess import instance_inference, panoptic_inference, semantic_inference
 from ovs.methods.maskclippp.psm import LinearPSM, NoPSM, PseudoTextPSM, SimilarityInputs, build_psm
 
 __all__ = [
@@ -35,5 +37,10 @@ __all__ = [
     "ViTMaskTokens",
     "build_mask_encoder",
     "build_psm",
+    "fuse_scores",
+    "instance_inference",
+    "panoptic_inference",
     "reweight_ce_weights",
+    "semantic_inference",
+    "train_to_test_lut",
 ]

@@ -6,8 +6,11 @@
 * training: GT masks of COCO-Panoptic / COCO-Stuff crops -> mask embeddings (``encoders``) -> cosine similarities
   with frozen, precomputed text embeddings of one sampled synonym per class (or a fine-tuned text encoder) -> PSM ->
   class-reweighted CE (``loss``);
-* validation / test: "GT-mask oracle" mode — every ground-truth mask is classified, giving the mask accuracy
-  (mMaskAcc, seen / unseen) and the mIoU of the prediction painted into the masks, with and without the PSM;
+* validation / test (``evaluation``): without a ``generator``, the "GT-mask oracle" — every ground-truth mask is
+  classified, giving the mask accuracy (mMaskAcc, seen / unseen) and the mIoU of the prediction painted into the
+  masks, with and without the PSM; with a :class:`ovs.generators.MaskGenerator`, open-vocabulary inference (spec
+  §8): the generator's masks are classified, fused with its own classifier (γ, ``fusion``), void-weighted and
+  post-processed into semantic / panoptic / instance results (``postprocess``) for mIoU, PQ and AP;
 * checkpoints hold only the trained tensors plus the hyper-parameters (the pretrained CLIP is rebuilt from its tag),
   and :meth:`MaskCLIPPP.export_clip` writes a full CLIP checkpoint that ``create_clip`` and the training-free methods
   load.
@@ -16,31 +19,33 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning import LightningModule
-from open_clip.transformer import QuickGELU
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from ovs.backbones import TextClassifier, build_text_classifier, create_clip
-from ovs.backbones.templates import get_templates
-from ovs.data.class_names import load_class_names, normalize_name, seen_mask
-from ovs.data.constants import IGNORE_INDEX
-from ovs.data.transforms import sem_seg_to_masks, short_side_size
-from ovs.evaluation import SemanticSegMetric
+from ovs.data.transforms import short_side_size
+from ovs.generators.base import MaskGenerator
+from ovs.methods.maskclippp.checkpointing import MaskCLIPPPCheckpointing
 from ovs.methods.maskclippp.encoders import MaskBatch, MaskEmbeddings, build_mask_encoder
 from ovs.methods.maskclippp.loss import ReweightCELoss
-from ovs.methods.maskclippp.metrics import MaskAccuracy
+from ovs.methods.maskclippp.evaluation import MaskCLIPPPEvaluation, paint_masks  # noqa: F401  (re-exported)
 from ovs.methods.maskclippp.psm import NoPSM, SimilarityInputs, build_psm, clip_logit_scale
-from ovs.methods.maskclippp.text import sample_synonyms, synonym_layout
+from ovs.methods.maskclippp.text import (  # noqa: F401  (training_label_map re-exported)
+    build_templates,
+    resolve_class_names,
+    sample_synonyms,
+    synonym_layout,
+    training_label_map,
+)
 
 FINETUNE_MODES = ("auto", "all", "attention", "none")
 EVAL_PSM_MODES = ("psm", "no_psm", "both")
@@ -74,22 +79,8 @@ def cosine_multiplier(step: int, total_steps: int, end_ratio: float) -> float:
     return end_ratio + (1.0 - end_ratio) * 0.5 * (1.0 + math.cos(math.pi * t))
 
 
-def paint_masks(masks: Tensor, classes: Tensor) -> Tensor:
-    """Semantic map ``[H, W]`` with each pixel of mask q set to ``classes[q]``, ``IGNORE_INDEX`` where no mask is.
-
-    Args:
-        masks: ``bool [Q, H, W]`` (non-overlapping ground-truth masks).
-        classes: ``int64 [Q]``.
-    """
-    if masks.shape[0] == 0:
-        return torch.full(masks.shape[1:], IGNORE_INDEX, dtype=torch.int64, device=masks.device)
-    covered = masks.any(dim=0)  # [H, W]
-    owner = masks.to(torch.uint8).argmax(dim=0)  # [H, W]
-    return torch.where(covered, classes[owner], torch.full_like(owner, IGNORE_INDEX))
-
-
-class MaskCLIPPP(LightningModule):
-    """MaskCLIP++ fine-tuning and GT-mask oracle evaluation.
+class MaskCLIPPP(MaskCLIPPPCheckpointing, MaskCLIPPPEvaluation, LightningModule):
+    """MaskCLIP++ fine-tuning, GT-mask oracle evaluation and inference with a mask generator.
 
     Args:
         model_name: open_clip model (``convnext_base_w_320``, ``ViT-B-16``, ``EVA02-L-14-336``, ``RN50x16``, ...).
@@ -132,6 +123,16 @@ class MaskCLIPPP(LightningModule):
         sync_batchnorm: convert BatchNorm to SyncBatchNorm under multi-GPU DDP (ResNet; spec §11 Q8).
         text_cache_dir: optional on-disk cache of text embeddings.
         seed: seed of the per-step synonym draws and of the per-step RNG of dropout / drop-path.
+        generator: frozen mask generator for evaluation (``ovs.generators``: ``Detectron2Generator``,
+            ``PrecomputedMasks``, ``GroundTruthMasks``); ``None`` = GT-mask oracle (mask accuracy). Not saved in
+            checkpoints.
+        gamma: the paper's fusion exponent γ on the generator probabilities of its seen classes (eq. 4; code
+            α = 1 − γ): 0.1 EVA-L, 0.4 ConvNeXt-B with MAFT+; 0 = no fusion (panoptic / instance protocol, §8.6).
+        panoptic_on: panoptic post-processing and PQ on datasets with panoptic ground truth.
+        instance_on: instance post-processing and mask AP on datasets with panoptic or instance ground truth.
+        object_mask_threshold: panoptic query score threshold (0.0 FC-CLIP, 0.2 MAFT+-pan, 0.8 Mask2Former).
+        overlap_threshold: panoptic overlap threshold (0.8; 0.7 MAFT+-pan).
+        detections_per_image: instance top-k over queries x classes (100).
     """
 
     def __init__(
@@ -168,8 +169,19 @@ class MaskCLIPPP(LightningModule):
         sync_batchnorm: bool = True,
         text_cache_dir: str | None = None,
         seed: int = 0,
+        generator: MaskGenerator | None = None,
+        gamma: float = 0.0,
+        panoptic_on: bool = False,
+        instance_on: bool = False,
+        object_mask_threshold: float = 0.8,
+        overlap_threshold: float = 0.8,
+        detections_per_image: int = 100,
     ) -> None:
         super().__init__()
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma (paper eq. 4) must lie in [0, 1], got {gamma}.")
+        if detections_per_image < 1:
+            raise ValueError(f"detections_per_image must be >= 1, got {detections_per_image}.")
         if finetune not in FINETUNE_MODES:
             raise ValueError(f"finetune must be one of {FINETUNE_MODES}, got {finetune!r}.")
         if eval_psm not in EVAL_PSM_MODES:
@@ -178,10 +190,16 @@ class MaskCLIPPP(LightningModule):
             raise ValueError(f"Need 0 < lr_end <= lr, got lr={lr}, lr_end={lr_end}.")
         if total_batch_size is not None and total_batch_size < 1:
             raise ValueError(f"total_batch_size must be >= 1 or null, got {total_batch_size}.")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["generator"])
+        object.__setattr__(self, "generator", generator)  # frozen, evaluation only: not a sub-module, not saved
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+
+    @property
+    def eval_task(self) -> str:
+        """Annotations ``tools/eval.py --datasets`` should load: panoptic (masks + segments) when PQ or AP is on."""
+        return "panoptic" if self.hparams.panoptic_on or self.hparams.instance_on else "semantic"
 
     # ------------------------------------------------------------------------------------------------------------
     # configure_* hooks
@@ -294,97 +312,8 @@ class MaskCLIPPP(LightningModule):
                 if not name.startswith("visual.") and name.endswith("attn.in_proj_weight"):
                     parameter.requires_grad_(True)
 
-    def _trainable_parameters(self) -> Iterator[tuple[str, nn.Module, str, nn.Parameter]]:
-        """``(full name, owning module, local name, parameter)`` of every trainable parameter, each once."""
-        seen: set[int] = set()
-        for module_name, module in self.named_modules():
-            for parameter_name, parameter in module.named_parameters(recurse=False):
-                if parameter.requires_grad and id(parameter) not in seen:
-                    seen.add(id(parameter))
-                    yield f"{module_name}.{parameter_name}".lstrip("."), module, parameter_name, parameter
-
-    def trained_state_keys(self) -> list[str]:
-        """State-dict keys a checkpoint holds: trainable parameters and the running statistics of trained
-        BatchNorm layers (ResNet ``all``)."""
-        keys = [name for name, _, _, _ in self._trainable_parameters()]
-        seen: set[int] = set()
-        for module_name, module in self.named_modules():
-            if isinstance(module, _BatchNorm) and any(p.requires_grad for p in module.parameters()):
-                for buffer_name, buffer in module.named_buffers(recurse=False):
-                    if id(buffer) not in seen:
-                        seen.add(id(buffer))
-                        keys.append(f"{module_name}.{buffer_name}")
-        return keys
-
-    def checkpoint_state_keys(self) -> list[str]:
-        """State-dict keys written to checkpoints: the trained tensors when the pretrained CLIP can be rebuilt from
-        its weights, every tensor once (no aliases) for a randomly initialised CLIP (``pretrained: null``)."""
-        if self.hparams.pretrained is not None:
-            return self.trained_state_keys()
-        seen: set[int] = set()
-        keys = []
-        for name, tensor in self.state_dict(keep_vars=True).items():
-            if id(tensor) not in seen:
-                seen.add(id(tensor))
-                keys.append(name)
-        return keys
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Keep only :meth:`checkpoint_state_keys` (small checkpoints) and the global torch RNG state (data order)."""
-        keys = set(self.checkpoint_state_keys())
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in keys}
-        rng = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.stack(torch.cuda.get_rng_state_all())
-        checkpoint["maskclippp_rng"] = rng
-
-    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
-        """Load a full state dict, or what MaskCLIP++ checkpoints hold (:meth:`checkpoint_state_keys`).
-
-        A partial dict must hold exactly those keys when ``strict``; the other tensors keep the pretrained CLIP
-        weights the model was built with (aliases of a tensor share its storage and follow it).
-        """
-        if set(state_dict) == set(self.state_dict()):
-            return super().load_state_dict(state_dict, strict=strict, assign=assign)
-        expected, found = set(self.checkpoint_state_keys()), set(state_dict)
-        if strict and expected != found:
-            missing, unexpected = sorted(expected - found), sorted(found - expected)
-            raise ValueError(
-                f"MaskCLIP++ checkpoint does not match this configuration: {len(missing)} tensors missing "
-                f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]}). Build the model with "
-                "the checkpoint's hyper-parameters (MaskCLIPPP.load_from_checkpoint) or a matching config."
-            )
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        return type(result)(sorted(expected - found), result.unexpected_keys)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """When resuming a fit, restore the global torch RNG state (sampler shuffling and augmentations continue as
-        if uninterrupted; model-side randomness is already a function of the step, see :meth:`_step_rng`)."""
-        rng = checkpoint.get("maskclippp_rng")
-        if rng is not None and self._trainer is not None and self._trainer.state.fn == "fit":
-            torch.set_rng_state(rng["cpu"])
-            if "cuda" in rng and torch.cuda.is_available() and torch.cuda.device_count() == len(rng["cuda"]):
-                torch.cuda.set_rng_state_all(list(rng["cuda"]))
-
-    def export_clip(self, path: str | Path) -> Path:
-        """Write the full CLIP (fine-tuned visual tower, and text tower if trained) as an ovs checkpoint.
-
-        ``create_clip(model_name, pretrained=path)`` loads it, so every training-free method can run on the
-        fine-tuned encoder.
-        """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {
-            "model_name": self.hparams.model_name,
-            "base_pretrained": self.hparams.pretrained,
-            "source": "maskclippp",
-            "quick_gelu": any(isinstance(m, QuickGELU) for m in self.clip.model.modules()),
-            "mean": [float(v) / 255.0 for v in self.clip.pixel_mean.flatten()],
-            "std": [float(v) / 255.0 for v in self.clip.pixel_std.flatten()],
-        }
-        state = {k: v.detach().cpu().clone() for k, v in self.clip.model.state_dict().items()}
-        torch.save({"state_dict": state, "ovs_meta": meta}, path)
-        return path
+    def _templates(self) -> tuple[str, ...]:
+        return build_templates(self.hparams.templates)
 
     # ------------------------------------------------------------------------------------------------------------
     # set-up hooks
@@ -442,7 +371,8 @@ class MaskCLIPPP(LightningModule):
     # ------------------------------------------------------------------------------------------------------------
     # forward pieces
 
-    def prepare_batch(self, images: Sequence[Tensor], masks: Sequence[Tensor], short_side: int | None) -> MaskBatch:
+    def prepare_batch(self, images: Sequence[Tensor], masks: Sequence[Tensor], short_side: int | None,
+                      truncate_long_side: bool = True) -> MaskBatch:
         """Normalise, optionally resize (short side) and pad images and their masks (spec §3.1).
 
         Args:
@@ -450,6 +380,8 @@ class MaskCLIPPP(LightningModule):
             masks: ``[Q_b, h_b, w_b]`` binary or soft masks of each image, any resolution (resized bilinearly to the
                 image's final size).
             short_side: target short side, or ``None`` to keep each image's size.
+            truncate_long_side: long side ``int(long * short_side / short)`` as the reference's evaluation resize
+                (default: evaluation, GT-mask oracle and generator inference); ``False`` rounds half up (training).
         """
         if len(images) != len(masks) or not images:
             raise ValueError(f"Need one mask tensor per image, got {len(images)} images and {len(masks)} mask sets.")
@@ -460,7 +392,8 @@ class MaskCLIPPP(LightningModule):
                 raise ValueError(f"Expected images [3, H, W] and masks [Q, H, W], got {tuple(image.shape)} and "
                                  f"{tuple(image_masks.shape)}.")
             height, width = image.shape[-2:]
-            size = (height, width) if short_side is None else short_side_size(height, width, short_side)
+            size = (height, width) if short_side is None else short_side_size(
+                height, width, short_side, truncate=truncate_long_side)
             x = self.clip.normalize(image[None].to(self.device))  # [1, 3, H, W]
             if size != (height, width):
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
@@ -549,7 +482,8 @@ class MaskCLIPPP(LightningModule):
         """Reweighted CE of the PSM logits of every GT mask of the local batch (spec §5)."""
         labels = self.train_label_map[torch.cat(batch["mask_labels"]).to(self.device)]  # dataset -> training ids
         with self._step_rng():
-            inputs = self.prepare_batch(batch["image"], batch["masks"], self.hparams.train_short_side)
+            inputs = self.prepare_batch(batch["image"], batch["masks"], self.hparams.train_short_side,
+                                        truncate_long_side=False)
             keep = labels >= 0  # classes outside the training vocabulary are not trained on
             loss = None
             if labels.numel():
@@ -568,135 +502,3 @@ class MaskCLIPPP(LightningModule):
         if scale is not None:
             self.log("train/mask_alpha", scale.detach().exp().mean(), batch_size=size)
         return loss
-
-    # ------------------------------------------------------------------------------------------------------------
-    # GT-mask oracle evaluation (spec §9)
-
-    def _eval_vocabulary(self, stage: str) -> tuple[list[list[str]], str, Tensor | None]:
-        """Class names, mIoU convention and seen-class mask of the evaluated dataset.
-
-        Seen classes: the DataModule's ``seen`` (its ``seen_vocabulary``, e.g. a mask generator's training set, spec
-        §11 Q10) when it defines one, else the classes sharing a synonym with the training vocabulary.
-        """
-        datamodule = self.trainer.datamodule
-        source: Any = datamodule
-        if datamodule is None or not hasattr(datamodule, "class_names"):
-            loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
-            loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-            source = getattr(loader, "dataset", None)
-        names = getattr(source, "class_names", None)
-        if names is None:
-            raise ValueError("GT-mask evaluation needs the dataset's `class_names` (DataModule or Dataset attribute).")
-        names = [list(n) for n in names]
-        seen = getattr(source, "seen", None)
-        if seen is None and self.train_vocabulary is not None:
-            seen = seen_mask(names, self.train_vocabulary)
-        return names, getattr(source, "miou_convention", "detectron2"), seen
-
-    def _setup_evaluation(self, stage: str) -> None:
-        names, convention, seen = self._eval_vocabulary(stage)
-        templates = build_templates(self.hparams.templates)
-        self.eval_classifier = build_text_classifier(self.clip, names, templates, self.hparams.text_cache_dir)
-        variants = list(self._eval_psms())
-        self.eval_metrics = nn.ModuleDict({
-            f"acc{suffix}": MaskAccuracy(len(names), seen) for suffix in variants
-        } | {
-            f"sem{suffix}": SemanticSegMetric(len(names), convention, IGNORE_INDEX, seen) for suffix in variants
-        }).to(self.device)
-
-    def _eval_psms(self) -> dict[str, nn.Module]:
-        """Suffix -> similarity model evaluated under it."""
-        mode = self.hparams.eval_psm
-        if mode == "psm":
-            return {"": self.psm}
-        if mode == "no_psm":
-            return {"": self.no_psm}
-        return {"": self.psm, "_no_psm": self.no_psm}
-
-    def _oracle_step(self, batch: dict[str, list[Any]]) -> None:
-        """Classify every GT mask (the dataset's ``masks``, else one per class of ``sem_seg``), update the mask
-        accuracy and the mIoU of the prediction painted into the masks (pixels outside every mask are ignored)."""
-        assert self.eval_classifier is not None
-        k = self.eval_classifier.num_classes
-        if "masks" in batch:
-            masks = [m.to(self.device).bool() for m in batch["masks"]]
-            labels = [lab.to(self.device) for lab in batch["mask_labels"]]
-        else:
-            pairs = [sem_seg_to_masks(s.to(self.device), k) for s in batch["sem_seg"]]
-            masks, labels = [p[0] for p in pairs], [p[1] for p in pairs]
-        inputs = self.prepare_batch(batch["image"], masks, self.hparams.test_short_side)
-        psms = self._eval_psms()
-        dense = any(p.needs_dense for p in psms.values())
-        embeddings = self.encoder(inputs, dense=dense) if inputs.masks.numel() else None
-        text = self.eval_classifier.per_template.to(self.device)
-        for suffix, psm in psms.items():
-            if embeddings is None:
-                predictions = torch.zeros(0, dtype=torch.int64, device=self.device)
-            else:
-                logits = self.mask_logits(embeddings, inputs.image_index, text, psm)  # [N, K_names]
-                predictions = self.eval_classifier.merge_synonyms(logits, dim=1).argmax(dim=1)  # [N]
-            self.eval_metrics[f"acc{suffix}"].update(predictions, torch.cat(labels))
-            per_image = predictions.split([m.shape[0] for m in masks])
-            for image_masks, classes, target in zip(masks, per_image, batch["sem_seg"]):
-                painted = paint_masks(image_masks, classes)
-                target = torch.where(image_masks.any(dim=0), target.to(self.device), IGNORE_INDEX)
-                self.eval_metrics[f"sem{suffix}"].update(painted, target)
-
-    def _log_evaluation(self, stage: str) -> None:
-        for suffix in self._eval_psms():
-            values = self.eval_metrics[f"acc{suffix}"].compute() | {
-                k: v for k, v in self.eval_metrics[f"sem{suffix}"].compute().items()
-                if k in ("mIoU", "mIoU_seen", "mIoU_unseen")
-            }
-            for name, value in values.items():
-                self.log(f"{stage}/{name}{suffix}", value.float())
-            self.eval_metrics[f"acc{suffix}"].reset()
-            self.eval_metrics[f"sem{suffix}"].reset()
-
-    def on_validation_start(self) -> None:
-        self._setup_evaluation("val")
-
-    def validation_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
-        self._oracle_step(batch)
-
-    def on_validation_epoch_end(self) -> None:
-        self._log_evaluation("val")
-
-    def on_test_start(self) -> None:
-        self._setup_evaluation("test")
-
-    def test_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
-        self._oracle_step(batch)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_evaluation("test")
-
-
-def training_label_map(dataset_names: Sequence[Sequence[str]], train_names: Sequence[Sequence[str]]) -> Tensor:
-    """``int64 [K_dataset]``: training-vocabulary index of each dataset class, −1 for classes outside it.
-
-    Classes match by their normalised display name (first synonym), so the training vocabulary may be a subset of
-    the dataset's classes (e.g. the seen classes of the synthetic benchmark) or the same classes with other synonyms.
-
-    Raises:
-        ValueError: when a training class is not a dataset class.
-    """
-    index = {normalize_name(names[0]): i for i, names in enumerate(train_names)}
-    mapping = [index.get(normalize_name(names[0]), -1) for names in dataset_names]
-    missing = sorted(set(index) - {normalize_name(names[0]) for names in dataset_names})
-    if missing:
-        raise ValueError(
-            f"{len(missing)} training classes are not classes of the training dataset (e.g. {missing[:3]}); "
-            "train_class_names must list dataset classes (matched by their first name)."
-        )
-    return torch.tensor(mapping, dtype=torch.int64)
-
-
-def build_templates(templates: str | Sequence[str]) -> tuple[str, ...]:
-    """Resolve a template-set name or list (``fcclip14`` = t14, ``single`` = t1)."""
-    return get_templates(templates if isinstance(templates, str) else list(templates))
-
-
-def resolve_class_names(names: str | Sequence[Sequence[str]]) -> list[list[str]]:
-    """A class-name file name / path or explicit synonym lists -> ``list[list[str]]``."""
-    return load_class_names(names) if isinstance(names, str) else [list(n) for n in names]
