@@ -54,6 +54,13 @@ def setup_eval(name: str, root: Path, **kwargs: object) -> SegDataModule:
     return datamodule
 
 
+COCO_PANOPTIC_IDS = (
+    *(i for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)),  # 80 things
+    92, 93, 95, 100, 107, 109, 112, 118, 119, 122, 125, 128, 130, 133, 138, 141, 144, 145, 147, 148, 149, 151, 154,
+    155, 156, 159, 161, 166, 168, 171, 175, 176, 177, 178, 180, 181, 184, *range(185, 201),  # 53 stuff
+)
+"""COCO panoptic category ids in ascending order (panoptic_coco_categories.json): contiguous id = position."""
+
 NUM_CLASSES = {
     "ade150": 150, "ade847": 847, "pc59": 59, "pc60": 60, "pc459": 459, "voc20": 20, "voc21": 21,
     "coco_stuff": 171, "coco_object": 81, "coco_panoptic": 133, "cityscapes": 19,
@@ -100,12 +107,15 @@ def test_coco_panoptic_eval_sample(fake_datasets: FakeDatasets) -> None:
     sample = dataset[0]
     fake = fake_datasets.coco_panoptic["val"][f"{sample['meta']['image_id']:012d}"]
     assert torch.equal(sample["pan_seg"], torch.from_numpy(fake.ids))
-    contiguous = {1: 0, 2: 1, 92: 80, 200: 132}
+    contiguous = {category: index for index, category in enumerate(COCO_PANOPTIC_IDS)}
+    assert dataset.category_to_contiguous == contiguous
     by_id = {s["id"]: s for s in fake.segments}
+    assert {info["id"] for info in sample["segments_info"]} == set(by_id)
     for info in sample["segments_info"]:
         original = by_id[info["id"]]["category_id"]
-        if original in contiguous:
-            assert info["category_id"] == contiguous[original]
+        assert info["category_id"] == contiguous[original]
+        # the semantic PNG of the same segment holds the contiguous id too (written independently by the fake)
+        assert int(fake.semantic[fake.ids == info["id"]][0]) == info["category_id"]
         assert info["isthing"] == (info["category_id"] < 80) == (original <= 90)
         assert info["iscrowd"] == by_id[info["id"]]["iscrowd"]
     crowd = [s["id"] for s in fake.segments if s["iscrowd"]]

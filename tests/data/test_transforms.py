@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import colorsys
+
 import numpy as np
 import pytest
 import torch
@@ -48,6 +50,17 @@ def test_short_side_rounding_and_cap() -> None:
     assert short_side_size(333, 500, 336) == (336, 505)  # 500 * 336 / 333 = 504.5 -> 505 (half up)
     assert short_side_size(100, 1000, 336, max_long_side=2048) == (205, 2048)
     assert short_side_size(500, 375, 448) == (597, 448)
+
+
+def test_maskclippp_truncating_short_side_resize() -> None:
+    """MaskCLIP++'s encoder resize: long side int(long * size / short). 416 * 512 / 320 = 665.6 -> 665 (half-up
+    rounding gives 666); 320 * 512 / 416 = 393.8 -> 393 for the transposed image."""
+    assert short_side_size(416, 320, 512, truncate=True) == (665, 512)
+    assert short_side_size(416, 320, 512) == (666, 512)
+    assert short_side_size(320, 416, 512, truncate=True) == (512, 665)
+    assert short_side_size(416, 320, 336, truncate=True) == (436, 336)  # 436.8 -> 436
+    with pytest.raises(ValueError, match="max_long_side"):
+        short_side_size(416, 320, 512, max_long_side=2048, truncate=True)
 
 
 def test_test_time_resize_functions() -> None:
@@ -163,3 +176,63 @@ def test_hsv_round_trip_and_color_aug() -> None:
     changed = [not torch.equal(ColorAugSSD()(sample, torch.Generator().manual_seed(s))["image"], sample["image"])
                for s in range(6)]  # fmt: skip
     assert any(changed)
+
+
+def test_long_side_and_square_resize_contents() -> None:
+    image = torch.randint(0, 256, (3, 30, 45), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    # long side 20: scale 20 / 45, height 30 * 20 / 45 = 13.33 -> 13 (rounded half up), width 20
+    for resized, size in ((resize_long_side(image, 20), (13, 20)), (resize_square(image, 16), (16, 16))):
+        expected = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+        assert torch.equal(resized, expected.round().clamp(0, 255).to(torch.uint8))
+    assert resize_long_side(torch.zeros(3, 45, 30, dtype=torch.uint8), 20).shape == (3, 20, 13)
+    assert resize_long_side(torch.zeros(3, 10, 50, dtype=torch.uint8), 9).shape == (3, 2, 9)  # 1.8 -> 2
+
+
+def test_random_crop_contents_follow_the_generator() -> None:
+    """The offsets are two draws of randint over the valid range (rows, then columns); every key moves with them."""
+    sample = coordinate_sample(12, 20)
+    offsets = set()
+    for seed in range(8):
+        g = torch.Generator().manual_seed(seed)
+        top, left = int(torch.randint(12 - 5 + 1, (), generator=g)), int(torch.randint(20 - 7 + 1, (), generator=g))
+        out = RandomCrop((5, 7))(sample, torch.Generator().manual_seed(seed))
+        for key in ("image", "sem_seg", "pan_seg", "masks"):
+            assert torch.equal(out[key], sample[key][..., top : top + 5, left : left + 7]), key
+        offsets.add((top, left))
+    assert len(offsets) > 4  # different seeds give different windows
+
+
+def color_only(step: str) -> ColorAugSSD:
+    """ColorAugSSD with every step but ``step`` set to the identity."""
+    identity = {"brightness_delta": 0.0, "contrast_range": (1.0, 1.0), "saturation_range": (1.0, 1.0),
+                "hue_delta": 0}
+    defaults = {"brightness_delta": 32.0, "contrast_range": (0.5, 1.5), "saturation_range": (0.5, 1.5),
+                "hue_delta": 18}
+    return ColorAugSSD(**(identity | {step: defaults[step]}))  # type: ignore[arg-type]
+
+
+def test_color_aug_ranges_per_step() -> None:
+    """Mask2Former's ranges: brightness +-32, contrast x [0.5, 1.5], saturation x [0.5, 1.5], hue +-18 of 180."""
+    grey = {"image": torch.full((3, 2, 2), 100, dtype=torch.uint8)}
+    shifts = {int(color_only("brightness_delta")(grey, torch.Generator().manual_seed(s))["image"][0, 0, 0]) - 100
+              for s in range(60)}  # fmt: skip
+    assert min(shifts) >= -32 and max(shifts) <= 31 and min(shifts) < -16 and max(shifts) > 16 and 0 in shifts
+    factors = {int(color_only("contrast_range")(grey, torch.Generator().manual_seed(s))["image"][0, 0, 0]) / 100
+               for s in range(60)}  # fmt: skip
+    assert min(factors) >= 0.5 and max(factors) < 1.5 and min(factors) < 0.75 and max(factors) > 1.25
+
+    rgb = torch.tensor([[200.0, 60.0, 60.0], [40.0, 160.0, 90.0]])  # two saturated colours, as [pixel, channel]
+    sample = {"image": rgb.T.reshape(3, 1, 2).to(torch.uint8)}
+    ratios, hue_shifts = [], []
+    for seed in range(60):
+        saturated = color_only("saturation_range")(sample, torch.Generator().manual_seed(seed))["image"]
+        hued = color_only("hue_delta")(sample, torch.Generator().manual_seed(seed))["image"]
+        for p in range(2):
+            h0, s0, _ = colorsys.rgb_to_hsv(*(rgb[p] / 255).tolist())
+            _, s1, _ = colorsys.rgb_to_hsv(*(saturated[:, 0, p].double() / 255).tolist())
+            h2, _, _ = colorsys.rgb_to_hsv(*(hued[:, 0, p].double() / 255).tolist())
+            ratios.append(s1 / s0)
+            hue_shifts.append((h2 - h0 + 0.5) % 1.0 - 0.5)  # signed, as a fraction of the colour circle
+    assert 0.5 - 0.02 <= min(ratios) < 0.75 and 1.25 < max(ratios) <= 1.5 + 0.02
+    tolerance = 0.01  # uint8 rounding of the shifted colour
+    assert -0.1 - tolerance <= min(hue_shifts) < -0.05 and 0.05 < max(hue_shifts) <= 0.1 + tolerance

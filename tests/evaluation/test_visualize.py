@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from ovs.data.constants import IGNORE_INDEX
 from ovs.evaluation import colorize, log_overlay, log_per_class_iou_table, make_palette, overlay
 from ovs.evaluation.visualize import per_class_iou_markdown
 
@@ -49,22 +52,58 @@ def test_markdown_table() -> None:
     assert lines[3] == "| dog | 0.0 |  |  |  |  |"
 
 
+def expected_grid(image: torch.Tensor, prediction: torch.Tensor, target: torch.Tensor | None,
+                  palette: torch.Tensor) -> torch.Tensor:
+    """[image | prediction overlay | target overlay], blended by hand: (image + colour) / 2 per labelled pixel
+    (alpha 0.5) rounded half to even like ``torch.round``, the image itself at ignore pixels."""
+    panels = [image]
+    for label in (prediction, target) if target is not None else (prediction,):
+        blended = image.clone()
+        for r in range(label.shape[0]):
+            for c in range(label.shape[1]):
+                if 0 <= int(label[r, c]) < len(palette):
+                    colour = palette[int(label[r, c])]
+                    mixed = [round((int(a) + int(b)) / 2) for a, b in zip(image[:, r, c], colour)]
+                    blended[:, r, c] = torch.tensor(mixed)
+        panels.append(blended)
+    return torch.cat(panels, dim=2)
+
+
 def test_logging_to_lightning_logger() -> None:
     logger = FakeLightningLogger()
-    log_per_class_iou_table(logger, ["a", "b"], [1.0, 2.0], tag="iou/voc", step=3)
-    image = torch.zeros(3, 4, 5, dtype=torch.uint8)
-    prediction, target = torch.zeros(4, 5, dtype=torch.long), torch.ones(4, 5, dtype=torch.long)
-    grid = log_overlay(logger, "overlay/0", image, prediction, target, step=3)
+    markdown = log_per_class_iou_table(logger, ["a", "b"], [1.0, 2.0], tag="iou/voc", step=3)
+    image = torch.arange(3 * 4 * 5, dtype=torch.uint8).view(3, 4, 5) * 4
+    prediction = torch.tensor([[0, 1, 2, 0, 1]] * 4)
+    target = torch.tensor([[2, 2, 1, IGNORE_INDEX, 0]] * 4)
+    palette = make_palette(3)
+    grid = log_overlay(logger, "overlay/0", image, prediction, target, palette=palette, step=3)
     kinds = [call[0] for call in logger.experiment.calls]
     assert kinds == ["text", "image"] and grid.shape == (3, 4, 15)
-    assert logger.experiment.calls[0][1][0] == "iou/voc" and logger.experiment.calls[0][2]["global_step"] == 3
+    (_, text_args, text_kwargs), (_, image_args, image_kwargs) = logger.experiment.calls
+    assert text_args == ("iou/voc", markdown) and text_kwargs == {"global_step": 3}
+    assert markdown.splitlines()[2] == "| a | 1.0 | b | 2.0 |  |  |"
+    assert image_args[0] == "overlay/0" and image_kwargs == {"global_step": 3, "dataformats": "CHW"}
+    expected = expected_grid(image, prediction, target, palette)
+    assert torch.equal(grid, expected) and torch.equal(image_args[1], expected)
 
 
 def test_logging_to_tensorboard(tmp_path: Path) -> None:
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(log_dir=str(tmp_path))
-    log_per_class_iou_table(writer, ["a"], [42.0])
-    log_overlay(writer, "overlay", torch.zeros(3, 4, 4, dtype=torch.uint8), torch.ones(4, 4, dtype=torch.long))
+    log_per_class_iou_table(writer, ["a"], [42.0], tag="iou")
+    image = torch.randint(0, 256, (3, 4, 4), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    prediction = torch.tensor([[0, 1, 1, 0]] * 4)
+    log_overlay(writer, "overlay", image, prediction, step=2)
     writer.close()
-    assert any(path.name.startswith("events.out.tfevents") for path in tmp_path.iterdir())
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    (text,) = events.Tensors("iou/text_summary")
+    assert text.tensor_proto.string_val[0].decode() == per_class_iou_markdown(["a"], [42.0])
+    (logged,) = events.Images("overlay")
+    assert logged.step == 2 and (logged.width, logged.height) == (8, 4)
+    decoded = torch.from_numpy(np.array(Image.open(io.BytesIO(logged.encoded_image_string)).convert("RGB")))
+    palette = make_palette(2)  # default palette: max label + 1 colours
+    assert torch.equal(decoded.permute(2, 0, 1), expected_grid(image, prediction, None, palette))

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -78,12 +79,25 @@ def test_one_model_switches_protocol_vocabulary_and_metric_per_dataset(tiny_vit,
                 protocols={"voc21": {"class_names": "sclip_voc21", "foreground_only": True, "prob_thd": 0.85}},
                 num_overlays=0)
     run = trainer(tmp_path)
-    run.test(model, datamodule=build_eval_datamodule("voc21", root=voc_root), verbose=False)
+    voc21 = build_eval_datamodule("voc21", root=voc_root)
+    metrics21 = run.test(model, datamodule=voc21, verbose=False)[0]
     assert model.vocabulary.class_ids.tolist() == list(range(1, 21))
     assert model.metric.num_classes == 21
-    metrics = run.test(model, datamodule=build_eval_datamodule("voc20", root=voc_root), verbose=False)[0]
+    voc20 = build_eval_datamodule("voc20", root=voc_root)
+    metrics = run.test(model, datamodule=voc20, verbose=False)[0]
     assert model.config.prob_thd == 0.0 and model.vocabulary.class_ids is None
-    assert model.metric.num_classes == 20 and 0.0 <= metrics["test/mIoU"] <= 100.0
+    assert model.metric.num_classes == 20
+    # both runs against the public API with each dataset's protocol, scored by hand
+    for name, datamodule, names, background, result in (
+        ("voc21", voc21, load_class_names("sclip_voc21"), 0, metrics21),
+        ("voc20", voc20, voc20.class_names, None, metrics),
+    ):
+        model.configure_protocol(name)
+        model.set_vocabulary(names, background_index=background)
+        samples = [datamodule.test_dataset[i] for i in range(len(datamodule.test_dataset))]
+        predictions = [model.segment([s["image"]], [tuple(s["sem_seg"].shape)])[0].labels for s in samples]
+        expected = mmseg_miou(predictions, [s["sem_seg"] for s in samples], datamodule.num_classes)
+        assert math.isclose(result["test/mIoU"], expected, abs_tol=1e-4), name
 
 
 def test_protocol_class_names_must_match_the_dataset(tiny_vit, voc_root: Path, tmp_path: Path) -> None:
@@ -123,9 +137,26 @@ def test_methods_follow_the_model_patch_size_vit_b32(method: str) -> None:
     model = METHODS[method](clip=create_clip("ViT-B-32", force_quick_gelu=True),
                             inference={"size": 96, "slide_crop": 64, "slide_stride": 32, "templates": "single"})
     model.set_vocabulary(["cat", "dog"])
-    assert model.patch_size == 32
+    assert model.patch_size == 32 and model.clip.dense.num_blocks == 12
+    grids: list[tuple[int, int]] = []
+    policy_blocks: list[int] = []
+    forward_dense = model.clip.dense.forward_dense
+
+    def recording_forward_dense(images: torch.Tensor, policy: Any) -> Any:
+        out = forward_dense(images, policy)
+        grids.extend([(images.shape[-2] // 32, images.shape[-1] // 32)] * images.shape[0])
+        depth = policy.parallel.depth if policy.parallel is not None else 0
+        policy_blocks.append(12 - depth)
+        return out
+
+    model.clip.dense.forward_dense = recording_forward_dense  # type: ignore[method-assign]
     scores = model([torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8)])[0]
+    del model.clip.dense.forward_dense
     assert scores.shape == (2, 90, 120) and torch.isfinite(scores).all()
+    # short side 96: a 96 x 128 image, 64 x 64 windows with stride 32 -> 2 x 3 windows of 2 x 2 patches of 32
+    assert grids == [(2, 2)] * 6
+    # GEM supp. §9: the parallel path runs over the last 4 of the 12 blocks; SCLIP has no parallel path
+    assert set(policy_blocks) == ({8} if method == "gem" else {12})
 
 
 def test_eval_tool_prints_one_table_across_datasets(voc_root: Path, tmp_path: Path) -> None:

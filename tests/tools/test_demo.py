@@ -1,4 +1,5 @@
-"""Mini end-to-end run of the main job (``make demo``) on a tiny synthetic split with the committed toy CLIP."""
+"""Mini end-to-end run of the main job (``make demo``) on a tiny synthetic split with the committed toy CLIP: the table,
+the outputs and the accuracy floors (tests/tools/test_demo_floors.py) on one run."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ import sys
 from pathlib import Path
 
 from ovs.cli import REPO_ROOT
+from tests.tools.test_demo_floors import check_demo_floors
 
 
-def test_quick_demo_produces_a_finite_table(tmp_path: Path) -> None:
+def test_quick_demo_produces_a_finite_table_above_its_floors(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "tools" / "demo.py"), "--quick", "--output", str(tmp_path / "outputs")],
@@ -32,3 +34,4 @@ def test_quick_demo_produces_a_finite_table(tmp_path: Path) -> None:
         assert 0.0 <= row["mIoU"] <= 100.0
     assert all(math.isfinite(row["mask_acc"]) for row in rows if "GT masks" in row["method"])
     assert len(list(runs[0].glob("overlay_*.png"))) == len(training_free)
+    check_demo_floors(rows)

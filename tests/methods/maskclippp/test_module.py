@@ -326,8 +326,55 @@ def test_gt_oracle_on_semantic_labels_uses_one_mask_per_class(tmp_path: Path) ->
     write_fake_coco_stuff(tmp_path, num_images=2, height=32, width=32)
     data = COCOStuffDataModule(root=tmp_path)
     model = MaskCLIPPP(TINY_VIT, train_class_names="coco_panoptic", psm_width=16, eval_psm="no_psm", **FAST)
+    classified: list[torch.Tensor] = []
+    prepare_batch = model.prepare_batch
+
+    def recording_prepare_batch(images: list[torch.Tensor], masks: list[torch.Tensor], *args: Any) -> Any:
+        classified.extend(m.cpu() for m in masks)
+        return prepare_batch(images, masks, *args)
+
+    model.prepare_batch = recording_prepare_batch  # type: ignore[method-assign]
     result = trainer().test(model, data, verbose=False)[0]
+    model.prepare_batch = prepare_batch  # type: ignore[method-assign]
     assert set(result) == {f"test/{m}" for m in ("mask_acc", "mask_acc_seen", "mask_acc_unseen", "mIoU",
                                                    "mIoU_seen", "mIoU_unseen")}
-    assert all(0 <= v <= 100 or math.isnan(v) for v in result.values())
     assert not math.isnan(result["test/mask_acc_unseen"])  # COCO-Stuff has classes COCO-Panoptic does not
+    data.setup("test")
+    # The oracle classified exactly one binary mask per class present in each label map, in ascending class order.
+    expected_masks = []
+    for sample in data.test_dataset:
+        sem_seg = sample["sem_seg"]
+        present = sorted({int(c) for c in sem_seg.flatten().tolist() if c != IGNORE_INDEX})
+        expected_masks.append(torch.stack([sem_seg == c for c in present]))
+    assert len(classified) == len(expected_masks)
+    for got, expected in zip(classified, expected_masks):
+        assert torch.equal(got.bool(), expected)
+    # Reference: one binary mask per class present in each label map (ignore excluded), classified one image at a
+    # time through the public forward; accuracy per class averaged, painted mIoU over classes with GT pixels.
+    names = data.class_names
+    classifier = build_text_classifier(model.clip, names, "single")
+    correct, total = torch.zeros(len(names)), torch.zeros(len(names))
+    intersection, union, gt_pixels = torch.zeros(len(names)), torch.zeros(len(names)), torch.zeros(len(names))
+    num_masks = 0
+    model.eval()
+    for sample in data.test_dataset:
+        sem_seg = sample["sem_seg"]
+        classes = sorted({int(c) for c in sem_seg.flatten().tolist() if c != IGNORE_INDEX})
+        masks = torch.stack([sem_seg == c for c in classes])
+        num_masks += len(classes)
+        pred = model([sample["image"]], [masks], classifier, use_psm=False)[0].argmax(dim=1)
+        painted = torch.full_like(sem_seg, IGNORE_INDEX)
+        for c, p, mask in zip(classes, pred.tolist(), masks):
+            total[c] += 1
+            correct[c] += float(p == c)
+            painted[mask] = p
+        for c in range(len(names)):
+            p, t = painted == c, sem_seg == c
+            intersection[c] += (p & t).sum()
+            union[c] += (p | t).sum()
+            gt_pixels[c] += t.sum()
+    assert num_masks > 2 * 2  # several classes per image, not one mask per image
+    accuracy = 100 * float((correct / total.clamp_min(1))[total > 0].mean())
+    miou = 100 * float((intersection / union.clamp_min(1))[gt_pixels > 0].mean())
+    assert result["test/mask_acc"] == pytest.approx(accuracy, abs=1e-3)
+    assert result["test/mIoU"] == pytest.approx(miou, abs=1e-3)
