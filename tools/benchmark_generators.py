@@ -8,6 +8,7 @@ Each part runs in its own process so that its peak memory (CPU: peak RSS; CUDA: 
 * ``generator``: Mask2Former R50 (the paper-size head: 100 queries, 6 deformable encoder layers, 9 masked-attention
   decoder layers, hidden 256; random weights, pure-PyTorch deformable attention) through ``Detectron2Generator``,
   short side 800 (detectron2's test resize), one image per forward as the reference;
+* ``native``: the same Mask2Former R50 in plain PyTorch (``ovs.generators.native.NativeMask2Former``, no detectron2);
 * ``maskclippp``: ``MaskCLIPPP`` with a random ConvNeXt-B (``convnext_base_w_320``) and the pseudo-text PSM
   classifying Q = 100 soft masks per image against the 150 ADE classes (one template; text encoded once, not timed),
   CLIP short side 512; ``--clip-batch`` images per forward (the reference runs 1 per GPU).
@@ -68,11 +69,16 @@ def images(count: int, height: int, width: int) -> list[torch.Tensor]:
     return [torch.randint(0, 256, (3, height, width), dtype=torch.uint8, generator=generator) for _ in range(count)]
 
 
-def run_generator(args: argparse.Namespace) -> dict[str, float]:
-    from ovs.generators import Detectron2Generator
-
+def run_generator(args: argparse.Namespace, native: bool = False) -> dict[str, float]:
     torch.manual_seed(0)
-    generator = Detectron2Generator(opts=MASK2FORMER_R50).to(args.device)
+    if native:
+        from ovs.generators.native import NativeMask2Former
+
+        generator = NativeMask2Former().to(args.device)
+    else:
+        from ovs.generators import Detectron2Generator
+
+        generator = Detectron2Generator(opts=MASK2FORMER_R50).to(args.device)
     times = []
     for index, image in enumerate(images(args.images + 1, args.height, args.width)):
         batch = {"image": [image], "meta": [{"height": args.height, "width": args.width}]}
@@ -119,15 +125,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--clip-batch", default="1,4", help="MaskCLIP++ images per forward, comma-separated")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--only", default=None, help="comma-separated parts to run: generator,native,maskclippp:B")
     args = parser.parse_args(argv)
     if args.part is not None:
         part, _, batch = args.part.partition(":")
-        result = run_generator(args) if part == "generator" else run_maskclippp(args, int(batch))
+        if part in ("generator", "native"):
+            result = run_generator(args, native=part == "native")
+        else:
+            result = run_maskclippp(args, int(batch))
         print(json.dumps(result))
         return
     rows = [("Mask2Former R50 generator (short side 800, batch 1)", "generator")]
+    rows += [("Mask2Former R50 native, plain PyTorch (short side 800, batch 1)", "native")]
     rows += [(f"MaskCLIP++ ConvNeXt-B, {args.queries} masks (short side 512, batch {b})", f"maskclippp:{b}")
              for b in args.clip_batch.split(",")]
+    if args.only is not None:
+        rows = [row for row in rows if row[1] in args.only.split(",")]
     common = ["--device", args.device, "--images", str(args.images), "--height", str(args.height),
               "--width", str(args.width), "--queries", str(args.queries)]
     print(f"| part ({args.height} x {args.width} images, {args.device}) | ms / image | peak memory (MiB) |")

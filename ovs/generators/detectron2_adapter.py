@@ -15,8 +15,6 @@ upsampled to the padded input, cropped to the resized image and resized to the o
 from __future__ import annotations
 
 import importlib
-import io
-import pickle
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -29,33 +27,13 @@ from torch import Tensor, nn
 
 from ovs.data.class_names import load_class_names
 from ovs.generators.base import Batch, MaskGenerator, MaskProposals, original_sizes
+from ovs.generators.pickled import load_pickled_weights
 
 DEFAULT_ADD_CONFIG = ("detectron2.projects.deeplab.add_deeplab_config", "mask2former.add_maskformer2_config")
 
 
 class _StopForward(Exception):
     """Raised by the predictor hook once the queries are read (skips the model's own post-processing)."""
-
-
-class _WeightsUnpickler(pickle.Unpickler):
-    """Unpickler for detectron2 / Caffe2 ``.pkl`` weights: numpy arrays, scalars and plain containers only."""
-
-    ALLOWED = {
-        ("collections", "OrderedDict"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self.ALLOWED:
-            if module.startswith("numpy.core"):
-                module = module.replace("numpy.core", "numpy._core", 1)
-            return getattr(importlib.import_module(module), name)
-        raise pickle.UnpicklingError(f"Refusing to unpickle {module}.{name} from a weights file.")
 
 
 def load_weights_file(path: str | Path) -> dict[str, Any]:
@@ -65,8 +43,7 @@ def load_weights_file(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"Generator weights not found: {path}. Download them (docs/maskclippp.md, "
                                 "'Mask generators') and pass the file as `weights`.")
     if path.suffix == ".pkl":
-        with path.open("rb") as handle:
-            data = _WeightsUnpickler(io.BufferedReader(handle), encoding="latin1").load()  # type: ignore[arg-type]
+        data = load_pickled_weights(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path} does not hold a dict of weights.")
         if "model" in data and "__author__" in data:  # detectron2 model zoo: names already in detectron2 form
