@@ -1,8 +1,9 @@
 """The main job on the embedded synthetic benchmark (``make demo``): fine-tune, evaluate every method, one table.
 
 Steps: generate the synthetic benchmark once (cached under ``datasets/ovs_synthetic``), fine-tune MaskCLIP++ on its
-train split with the committed toy CLIP, evaluate every training-free method and MaskCLIP++ (ground-truth-mask
-oracle, with and without its PSM) on the val split, print one Markdown table (mIoU, seen / unseen mIoU) and write it
+train split with the committed toy CLIP, evaluate every training-free method, MaskCLIP++ (ground-truth-mask
+oracle, with and without its PSM) and MaskInversion with its region baselines (the same GT masks, first 50 images)
+on the val split, print one Markdown table (mIoU, seen / unseen mIoU) and write it
 with overlay PNGs to ``outputs/demo/<timestamp>/``.
 
     python tools/demo.py [--quick] [--skip-finetune]
@@ -26,6 +27,16 @@ from ovs.results import format_markdown, write_results
 TOY_CHECKPOINT = REPO_ROOT / "checkpoints" / "ovs_toy_clip.pt"
 TRAINING_FREE = ("clip", "maskclip", "clip_surgery", "sclip", "gem", "clearclip", "naclip")
 MASKCLIPPP_CONFIG = "maskclip++_toy_synthetic.yaml"
+MASKINVERSION_CONFIG = "maskinversion_toy_synthetic.yaml"
+MASKINVERSION_IMAGES = 50
+REGION_LABELS = {
+    "maskinversion": "MaskInversion, GT masks",
+    "cls": "CLS (CLIP*), GT masks",
+    "crop": "Crop, GT masks",
+    "masked_crop": "Masked Crop, GT masks",
+    "red_circle": "RedCircle, GT masks",
+    "fgvp": "FGVP blur, GT masks",
+}
 REPORTED = ("mIoU", "mIoU_seen", "mIoU_unseen", "pAcc", "mask_acc", "mask_acc_seen", "mask_acc_unseen")
 
 
@@ -102,6 +113,24 @@ def maskclippp_rows(overrides: list[str], output: str, quick: bool) -> list[dict
     ]
 
 
+def maskinversion_rows(overrides: list[str], output: str, quick: bool) -> list[dict[str, Any]]:
+    """MaskInversion and the region baselines as classifiers of the same GT masks as MaskCLIP++'s oracle (toy CLIP,
+    no fine-tuning; docs/methods.md "MaskInversion"), on the first :data:`MASKINVERSION_IMAGES` val images."""
+    path = resolve_config(MASKINVERSION_CONFIG)
+    limit = [] if quick else [f"--trainer.limit_test_batches={MASKINVERSION_IMAGES}"]
+    cli = OVSCLI(new_run_dir(path, output), ["--config", str(path), *overrides, *limit], run=False)
+    cli.datamodule.prepare_data()
+    start, threads = time.perf_counter(), torch.get_num_threads()
+    torch.set_num_threads(1)  # the toy CLIP's small kernels run fastest on one thread (docs/synthetic.md)
+    try:
+        metrics = cli.trainer.test(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    finally:
+        torch.set_num_threads(threads)
+    print(f"MaskInversion + baselines: {time.perf_counter() - start:.0f} s")
+    return [metric_row(label, {k.replace(f"/{name}/", "/"): v for k, v in metrics.items() if f"/{name}/" in k})
+            for name, label in REGION_LABELS.items()]
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     sys.argv = sys.argv[:1]  # the demo's own flags are consumed; LightningCLI gets its arguments explicitly
@@ -111,6 +140,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     start = time.perf_counter()
     overrides = data_overrides(args.quick)
     rows = [] if args.skip_finetune else maskclippp_rows(overrides, args.output, args.quick)
+    rows += maskinversion_rows(overrides, args.output, args.quick)
     rows += [evaluate_config(f"{m}_toy_synthetic.yaml", overrides, args.output, demo_dir, m) for m in TRAINING_FREE]
     table = format_markdown(rows)
     write_results(demo_dir, rows)
