@@ -101,6 +101,19 @@ def select_classes(classifier: TextClassifier, class_ids: Tensor) -> TextClassif
     )
 
 
+def eval_datamodule(module: LightningModule) -> Any:
+    """The DataModule ``module`` is tested on, checked to expose ``name``, ``class_names`` and ``background_index``
+    (every ovs.data DataModule does): eval-only methods read the vocabulary and protocol from it."""
+    datamodule = getattr(module.trainer, "datamodule", None)
+    missing = [a for a in ("name", "class_names", "background_index") if not hasattr(datamodule, a)]
+    if datamodule is None or missing:
+        raise RuntimeError(
+            f"{type(module).__name__} is tested through a DataModule exposing name, class_names and "
+            f"background_index (ovs.data); got {type(datamodule).__name__} missing {missing}."
+        )
+    return datamodule
+
+
 class DenseSegmenter(LightningModule):
     """Eval-only open-vocabulary semantic segmentation with a hooked CLIP ViT (training-free spec §1-§9).
 
@@ -358,13 +371,7 @@ class DenseSegmenter(LightningModule):
 
     def on_test_start(self) -> None:
         """Read the dataset (name, classes, background, seen mask) and select its protocol and metric."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        missing = [a for a in ("name", "class_names", "background_index") if not hasattr(datamodule, a)]
-        if datamodule is None or missing:
-            raise RuntimeError(
-                f"{type(self).__name__} is tested through a DataModule exposing name, class_names and "
-                f"background_index (ovs.data); got {type(datamodule).__name__} missing {missing}."
-            )
+        datamodule = eval_datamodule(self)
         self.dataset_name = str(datamodule.name)
         config = self.configure_protocol(self.dataset_name)
         class_names = datamodule.class_names

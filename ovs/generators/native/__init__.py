@@ -1,14 +1,21 @@
 """Mask generators in plain PyTorch (issue 13; maskclippp.md §8): no detectron2 needed, released weights load
 through an explicit key map."""
 
+from ovs.generators.native.class_head import OpenVocabClassHead
+from ovs.generators.native.criterion import HungarianMatcher, Mask2FormerCriterion
 from ovs.generators.native.mask2former import Mask2Former, NativeMask2Former
+from ovs.generators.native.module import Mask2FormerModule
 from ovs.generators.native.deform_attn import MSDeformAttn, ms_deform_attn
 from ovs.generators.native.weights import detectron2_to_native, load_mask2former_weights, read_checkpoint
 
 __all__ = [
+    "HungarianMatcher",
     "MSDeformAttn",
     "Mask2Former",
+    "Mask2FormerCriterion",
+    "Mask2FormerModule",
     "NativeMask2Former",
+    "OpenVocabClassHead",
     "detectron2_to_native",
     "load_mask2former_weights",
     "ms_deform_attn",

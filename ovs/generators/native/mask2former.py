@@ -33,18 +33,20 @@ IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 class Mask2Former(nn.Module):
     """Backbone + pixel decoder + masked-attention decoder; ``forward`` takes normalised, padded images
     ``[B, 3, H, W]`` (H, W divisible by 32) and returns ``pred_logits [B, Q, K + 1]``, ``pred_masks
-    [B, Q, H/4, W/4]`` and ``aux_outputs`` (one dict per earlier decoder layer)."""
+    [B, Q, H/4, W/4]`` and ``aux_outputs`` (one dict per earlier decoder layer). ``class_head`` replaces the
+    decoder's linear classifier (FC-CLIP / MAFT+ head, :mod:`ovs.generators.native.class_head`)."""
 
     def __init__(self, num_classes: int = 133, num_queries: int = 100, hidden_dim: int = 256, conv_dim: int = 256,
                  mask_dim: int = 256, enc_layers: int = 6, enc_ffn_dim: int = 1024, dec_layers: int = 9,
                  nheads: int = 8, dim_feedforward: int = 2048,
-                 pixel_mean: Sequence[float] = IMAGENET_MEAN_255, pixel_std: Sequence[float] = IMAGENET_STD_255) -> None:
+                 pixel_mean: Sequence[float] = IMAGENET_MEAN_255, pixel_std: Sequence[float] = IMAGENET_STD_255,
+                 class_head: nn.Module | None = None) -> None:
         super().__init__()
         self.backbone = ResNet50Backbone()
         self.pixel_decoder = MSDeformAttnPixelDecoder(RESNET_CHANNELS, RESNET_STRIDES, conv_dim, mask_dim, enc_layers,
                                                       nheads, ffn_dim=enc_ffn_dim)
         self.decoder = MaskedAttentionDecoder(conv_dim, num_classes, hidden_dim, num_queries, nheads, dim_feedforward,
-                                              dec_layers, mask_dim)
+                                              dec_layers, mask_dim, class_head)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(3, 1, 1), persistent=False)
         self.fpn_levels = len(self.pixel_decoder.fpn_features)

@@ -67,10 +67,13 @@ class MaskedAttentionDecoder(nn.Module):
         hidden_dim, num_queries, nheads, dim_feedforward: 256, 100 (or 200), 8, 2048.
         dec_layers: decoder layers (9; detectron2's ``DEC_LAYERS`` counts the initial prediction: 10).
         mask_dim: width of the mask features (256).
+        class_head: module mapping the normed queries ``[B, N, C]`` to class logits ``[B, N, K + 1]`` instead of the
+            linear classifier (e.g. :class:`~ovs.generators.native.class_head.OpenVocabClassHead`, FC-CLIP / MAFT+).
     """
 
     def __init__(self, in_channels: int = 256, num_classes: int = 133, hidden_dim: int = 256, num_queries: int = 100,
-                 nheads: int = 8, dim_feedforward: int = 2048, dec_layers: int = 9, mask_dim: int = 256) -> None:
+                 nheads: int = 8, dim_feedforward: int = 2048, dec_layers: int = 9, mask_dim: int = 256,
+                 class_head: nn.Module | None = None) -> None:
         super().__init__()
         self.num_heads, self.num_levels = nheads, 3
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2)
@@ -85,7 +88,7 @@ class MaskedAttentionDecoder(nn.Module):
             nn.Conv2d(in_channels, hidden_dim, 1) if in_channels != hidden_dim else nn.Identity()
             for _ in range(self.num_levels)
         )
-        self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
+        self.class_embed = nn.Linear(hidden_dim, num_classes + 1) if class_head is None else class_head
         self.mask_embed = MLP(hidden_dim, hidden_dim, mask_dim, 3)
         for module in (*self.cross_attention, *self.self_attention, *self.ffn):
             for parameter in module.parameters():

@@ -24,6 +24,7 @@ from ovs.data import IGNORE_INDEX
 from ovs.data.transforms import resize_image
 from ovs.evaluation import SemanticSegMetric, log_overlay, log_per_class_iou_table, make_palette
 from ovs.evaluation.semantic import CONVENTIONS
+from ovs.methods.base import eval_datamodule
 from ovs.methods.invseg.filtering import ClassFilter
 from ovs.methods.invseg.inversion import InvSegConfig, PromptInverter
 from ovs.methods.invseg.prompt import BACKGROUND, build_prompts
@@ -148,13 +149,7 @@ class InvSeg(LightningModule):
 
     def on_test_start(self) -> None:
         """Read the dataset (name, classes, background) and reset the metric."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        missing = [a for a in ("name", "class_names", "background_index") if not hasattr(datamodule, a)]
-        if datamodule is None or missing:
-            raise RuntimeError(
-                f"InvSeg is tested through a DataModule exposing name, class_names and background_index (ovs.data); "
-                f"got {type(datamodule).__name__} missing {missing}."
-            )
+        datamodule = eval_datamodule(self)
         if torch.is_inference_mode_enabled():
             raise RuntimeError("InvSeg optimises prompts at test time: set `trainer.inference_mode: false` in the "
                                "config (configs/invseg_*.yaml do).")
