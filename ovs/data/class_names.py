@@ -135,12 +135,28 @@ def normalize_name(name: str) -> str:
     return _NORMALIZE.sub("", name.lower())
 
 
-def seen_mask(eval_names: Sequence[Sequence[str]], train_names: Sequence[Sequence[str]]) -> torch.Tensor:
-    """``bool [K_eval]``: True where an evaluation class shares a normalised synonym with any training class.
+VOCABULARY_MATCHES = ("exact", "normalized")
+"""How a synonym of one vocabulary matches a synonym of another: ``"exact"`` string equality (the MaskCLIP++ code,
+maskclippp.md §8.3) or ``"normalized"`` (:func:`normalize_name`: case, spaces, ``_`` and ``-`` ignored)."""
+
+
+def vocabulary_key(name: str, match: str = "exact") -> str:
+    """The key two synonyms must share to match under ``match`` (:data:`VOCABULARY_MATCHES`)."""
+    if match not in VOCABULARY_MATCHES:
+        raise ValueError(f"match must be one of {VOCABULARY_MATCHES}, got {match!r}.")
+    return name if match == "exact" else normalize_name(name)
+
+
+def seen_mask(eval_names: Sequence[Sequence[str]], train_names: Sequence[Sequence[str]],
+              match: str = "exact") -> torch.Tensor:
+    """``bool [K_eval]``: True where an evaluation class shares a synonym with any training class (spec §8.3: the
+    reference's string equality by default; ``match="normalized"`` also pairs e.g. A-847 "cellphone" with COCO's
+    "cell phone", the only difference on the shipped vocabularies).
 
     ADE-150 against COCO-Panoptic-133 gives 64 seen / 86 unseen classes (maskclippp.md §7.1).
     """
-    train_vocabulary = {normalize_name(name) for names in train_names for name in names}
+    train_vocabulary = {vocabulary_key(name, match) for names in train_names for name in names}
     return torch.tensor(
-        [any(normalize_name(name) in train_vocabulary for name in names) for names in eval_names], dtype=torch.bool
+        [any(vocabulary_key(name, match) in train_vocabulary for name in names) for names in eval_names],
+        dtype=torch.bool,
     )

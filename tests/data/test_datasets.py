@@ -18,6 +18,7 @@ from ovs.data import (
     get_eval_preset,
     list_collate,
     load_class_names,
+    seen_mask,
 )
 from ovs.data.ade20k import ADE20K_150_THING_IDS
 from ovs.data.datamodule import SegDataModule
@@ -217,6 +218,17 @@ def test_seen_mask_from_a_training_vocabulary() -> None:
     assert build_eval_datamodule("ade150").seen is None
     seen = build_eval_datamodule("ade150", seen_vocabulary="coco_panoptic").seen
     assert seen is not None and int(seen.sum()) == 64
+
+
+def test_seen_mask_matches_synonyms_by_string_equality_like_the_reference() -> None:
+    """A-847 class 729 ("cellular telephone, ..., cellphone, ...") has no synonym string-equal to COCO's "cell phone":
+    unseen for the reference (maskclippp.md §8.3), seen only under the normalised option."""
+    ade847, coco = load_class_names("ade847"), load_class_names("coco_panoptic")
+    assert "cellphone" in ade847[729] and any("cell phone" in names for names in coco)
+    exact, normalized = seen_mask(ade847, coco), seen_mask(ade847, coco, match="normalized")
+    assert not exact[729] and normalized[729]
+    assert (exact != normalized).nonzero().flatten().tolist() == [729]
+    assert seen_mask([["Person"], ["person"]], [["person"]]).tolist() == [False, True]
 
 
 def test_eval_only_datamodule_has_no_training_split(fake_datasets: FakeDatasets) -> None:

@@ -100,7 +100,7 @@ class MaskCLIPPPEvaluation:
         seen = getattr(source, "seen", None)
         vocabulary = self._generator_seen_vocabulary() or self.train_vocabulary  # type: ignore[attr-defined]
         if seen is None and vocabulary is not None:
-            seen = seen_mask(names, vocabulary)
+            seen = seen_mask(names, vocabulary, self.hparams.vocabulary_match)  # type: ignore[attr-defined]
         return names, getattr(source, "miou_convention", "detectron2"), seen
 
     def _generator_seen_vocabulary(self) -> list[list[str]] | None:
@@ -148,7 +148,7 @@ class MaskCLIPPPEvaluation:
                     f"{type(self.generator).__name__} has no training_vocabulary: set it (e.g. coco_panoptic) or gamma: 0."
                 )
             self.generator_seen = (
-                seen_mask(names, vocabulary).to(device) if vocabulary is not None
+                seen_mask(names, vocabulary, hp.vocabulary_match).to(device) if vocabulary is not None
                 else torch.zeros(len(names), dtype=torch.bool, device=device)
             )
             self.eval_is_thing = self._eval_is_thing(stage, len(names))
@@ -212,7 +212,8 @@ class MaskCLIPPPEvaluation:
             return None
         key = id(proposals.logits_vocabulary)
         if key not in self._luts:
-            self._luts[key] = train_to_test_lut(proposals.logits_vocabulary, self.eval_names).to(self.device)  # type: ignore[attr-defined]
+            self._luts[key] = train_to_test_lut(proposals.logits_vocabulary, self.eval_names,  # type: ignore[attr-defined]
+                                                self.hparams.vocabulary_match).to(self.device)  # type: ignore[attr-defined]
         return self._luts[key]
 
     def _generator_step(self, batch: dict[str, list[Any]]) -> None:

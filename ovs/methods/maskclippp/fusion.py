@@ -13,26 +13,28 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ovs.data.class_names import normalize_name
+from ovs.data.class_names import vocabulary_key
 
 EPS = 1e-8
 """Added inside the logarithms, as the reference."""
 
 
-def train_to_test_lut(train_names: Sequence[Sequence[str]], test_names: Sequence[Sequence[str]]) -> Tensor:
+def train_to_test_lut(train_names: Sequence[Sequence[str]], test_names: Sequence[Sequence[str]],
+                      match: str = "exact") -> Tensor:
     """``int64 [K_train + 1]``: test class of each generator class, ``K_test`` (the extra slot) when none; void
     (the last entry) always goes to the extra slot.
 
-    Each train class goes to the **first** test class sharing a (normalised) synonym with it (spec §8.3).
+    Each train class goes to the **first** test class sharing a synonym with it (spec §8.3; ``match``: string
+    equality as the reference, or ``"normalized"``, see :data:`ovs.data.class_names.VOCABULARY_MATCHES`).
     """
     first: dict[str, int] = {}
     for index, names in enumerate(test_names):
         for name in names:
-            first.setdefault(normalize_name(name), index)
+            first.setdefault(vocabulary_key(name, match), index)
     extra = len(test_names)
     lut = []
     for names in train_names:
-        matches = [first[normalize_name(n)] for n in names if normalize_name(n) in first]
+        matches = [first[vocabulary_key(n, match)] for n in names if vocabulary_key(n, match) in first]
         lut.append(min(matches) if matches else extra)
     return torch.tensor([*lut, extra], dtype=torch.int64)
 

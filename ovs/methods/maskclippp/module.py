@@ -32,6 +32,7 @@ from torch.optim import AdamW
 from torch.optim.lr_scheduler import LambdaLR
 
 from ovs.backbones import TextClassifier, build_text_classifier, create_clip
+from ovs.data.class_names import vocabulary_key
 from ovs.data.transforms import short_side_size
 from ovs.generators.base import MaskGenerator
 from ovs.methods.maskclippp.checkpointing import MaskCLIPPPCheckpointing
@@ -133,6 +134,8 @@ class MaskCLIPPP(MaskCLIPPPCheckpointing, MaskCLIPPPEvaluation, LightningModule)
         object_mask_threshold: panoptic query score threshold (0.0 FC-CLIP, 0.2 MAFT+-pan, 0.8 Mask2Former).
         overlap_threshold: panoptic overlap threshold (0.8; 0.7 MAFT+-pan).
         detections_per_image: instance top-k over queries x classes (100).
+        vocabulary_match: how test and generator-vocabulary synonyms match for seen / unseen and the train -> test
+            look-up table: ``"exact"`` (the reference, §8.3) or ``"normalized"`` (case, spaces, ``-`` ignored).
     """
 
     def __init__(
@@ -176,10 +179,12 @@ class MaskCLIPPP(MaskCLIPPPCheckpointing, MaskCLIPPPEvaluation, LightningModule)
         object_mask_threshold: float = 0.8,
         overlap_threshold: float = 0.8,
         detections_per_image: int = 100,
+        vocabulary_match: str = "exact",
     ) -> None:
         super().__init__()
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma (paper eq. 4) must lie in [0, 1], got {gamma}.")
+        vocabulary_key("", vocabulary_match)  # validates the choice
         if detections_per_image < 1:
             raise ValueError(f"detections_per_image must be >= 1, got {detections_per_image}.")
         if finetune not in FINETUNE_MODES:

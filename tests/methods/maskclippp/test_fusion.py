@@ -78,13 +78,17 @@ TEST = [["man", "person"], ["tree"], ["Automobile", "car"], ["person"]]
 
 
 def test_lut_first_sharing_test_class_unmatched_and_void_to_extra_slot() -> None:
-    # person -> test 0 (first of 0 and 3); car -> 2; sky -> none (4); automobile -> 2 (case-insensitive); void -> 4
-    assert train_to_test_lut(TRAIN, TEST).tolist() == [0, 2, 4, 2, 4]
+    # person -> test 0 (first of 0 and 3); car -> 2; sky -> none (4); void -> 4; automobile: the reference's string
+    # equality does not match "Automobile" (4), the normalised option does (2)
+    assert train_to_test_lut(TRAIN, TEST).tolist() == [0, 2, 4, 4, 4]
+    assert train_to_test_lut(TRAIN, TEST, match="normalized").tolist() == [0, 2, 4, 2, 4]
+    with pytest.raises(ValueError, match="match must be one of"):
+        train_to_test_lut(TRAIN, TEST, match="fuzzy")
 
 
 def test_lut_scatter_mean_and_unmatched_test_classes_get_zero() -> None:
     logits = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
-    mapped = map_logits_to_test(logits, train_to_test_lut(TRAIN, TEST), num_test=4)
+    mapped = map_logits_to_test(logits, train_to_test_lut(TRAIN, TEST, match="normalized"), num_test=4)
     # test 0 = person (1); tree: no train class (0); test 2 = mean(car 2, automobile 4) = 3; test 3: not first (0)
     torch.testing.assert_close(mapped, torch.tensor([[1.0, 0.0, 3.0, 0.0]]))
 
@@ -93,7 +97,7 @@ def test_fuse_scores_closed_vocabulary() -> None:
     clip = torch.zeros(1, 4)  # p_clip uniform 0.25
     gen = torch.tensor([[1.0, 2.0, 3.0, 4.0, 5.0]])
     seen = torch.tensor([True, False, True, True])
-    out = fuse_scores(clip, gen, seen, gamma=0.5, lut=train_to_test_lut(TRAIN, TEST))
+    out = fuse_scores(clip, gen, seen, gamma=0.5, lut=train_to_test_lut(TRAIN, TEST, match="normalized"))
     mapped = [1.0, 0.0, 3.0, 0.0]
     z = sum(math.exp(v) for v in mapped)
     p_gen = [math.exp(v) / z for v in mapped]
