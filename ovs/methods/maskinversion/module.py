@@ -9,6 +9,14 @@ synthetic benchmark), ``mask_acc`` / ``mask_acc_seen`` / ``mask_acc_unseen``, pl
 predicted classes painted into the masks — the numbers MaskCLIP++'s GT-mask oracle reports, on identical masks.
 MaskInversion also logs its mean final Dice loss and seconds per image.
 
+With a ``generator`` (any :class:`ovs.generators.MaskGenerator`, set in the config like MaskCLIP++'s) the module is
+a **mask classifier** (issue 14 item 6): each image's generator masks (soft, ``[Q, H, W]``) are embedded by every
+embedder (MaskInversion fits its tokens to the soft masks; the baselines take ``mask ≥ 0.5``), scored against the
+text classifier as ``logit_scale · cos`` and painted exactly as MaskCLIP++ without fusion,
+:func:`ovs.methods.maskclippp.postprocess.semantic_inference` (``sem[k] = Σ_q softmax_q[k] · mask_q``, argmax), and
+``test/E/mIoU`` (``_seen`` / ``_unseen``) is logged against the full ``sem_seg``. With
+:class:`ovs.generators.GroundTruthMasks` this equals the GT-oracle painted mIoU.
+
 MaskInversion needs autograd at test time: the trainer must run with ``inference_mode: false`` (the configs set it);
 otherwise ``test_step`` raises an error that says so.
 """
@@ -26,6 +34,8 @@ from ovs.backbones import TextClassifier, build_text_classifier, create_clip
 from ovs.data.constants import IGNORE_INDEX
 from ovs.data.transforms import sem_seg_to_masks
 from ovs.evaluation import RegionAccuracy, SemanticSegMetric
+from ovs.generators.base import MaskGenerator, resize_masks
+from ovs.methods.maskclippp.postprocess import semantic_inference
 from ovs.methods.maskclippp.metrics import MaskAccuracy
 from ovs.methods.maskinversion.baselines import EMBEDDERS, MaskInversionEmbedder, RegionEmbedder, build_embedder
 from ovs.methods.maskinversion.inversion import InversionConfig
@@ -58,6 +68,11 @@ class RegionRetrieval(LightningModule):
         query_unit: ``semantic`` (one mask per class region of ``sem_seg``), ``instance`` (the sample's ``masks``
             and ``mask_labels``) or ``auto`` (``masks`` when the sample has them, as MaskCLIP++'s oracle).
         ks: the k of Acc@k.
+        generator: frozen mask generator (``ovs.generators``); ``None`` queries the ground-truth masks (class
+            retrieval). Not saved with the hyper-parameters.
+        logit_scale: temperature of the generator path's per-mask softmax (CLIP's trained 100 by default).
+        things_only: restrict queries, vocabulary and mIoU to the DataModule's thing classes (``is_thing``): COCO
+            instance retrieval over the 80 things from the COCO-Panoptic val segments (paper §4.1 (b)).
     """
 
     def __init__(
@@ -76,6 +91,9 @@ class RegionRetrieval(LightningModule):
         templates: str | list[str] = "single",
         query_unit: str = "auto",
         ks: Sequence[int] = (1, 5, 10),
+        generator: MaskGenerator | None = None,
+        logit_scale: float = 100.0,
+        things_only: bool = False,
     ) -> None:
         super().__init__()
         unknown = [e for e in embedders if e not in EMBEDDERS]
@@ -83,7 +101,10 @@ class RegionRetrieval(LightningModule):
             raise ValueError(f"Unknown embedders {unknown}; choose from {EMBEDDERS}.")
         if query_unit not in QUERY_UNITS:
             raise ValueError(f"query_unit must be one of {QUERY_UNITS}, got {query_unit!r}.")
-        self.save_hyperparameters()
+        if logit_scale <= 0:
+            raise ValueError(f"logit_scale must be positive, got {logit_scale}.")
+        self.save_hyperparameters(ignore=["generator"])
+        object.__setattr__(self, "generator", generator)  # frozen, evaluation only: not a sub-module, not saved
         clip = create_clip(model_name, pretrained, force_quick_gelu=force_quick_gelu)
         clip.requires_grad_(False)
         self.clip = clip.eval()
@@ -95,6 +116,7 @@ class RegionRetrieval(LightningModule):
         self.embedder_names = tuple(embedders)
         self.baseline_options = dict(baseline_options or {})
         self.classifier: TextClassifier | None = None
+        self.class_map: Tensor | None = None  # int64 [K_dataset]: dataset class -> vocabulary index, -1 = not queried
         self.metrics = nn.ModuleDict()
 
     def train(self, mode: bool = True) -> RegionRetrieval:
@@ -119,16 +141,41 @@ class RegionRetrieval(LightningModule):
         names = getattr(source, "class_names", None)
         if names is None:
             raise ValueError("Class retrieval needs the dataset's `class_names` (DataModule or Dataset attribute).")
-        return [list(n) for n in names], getattr(source, "seen", None), getattr(source, "miou_convention", "detectron2")
+        names = [list(n) for n in names]
+        seen, convention = getattr(source, "seen", None), getattr(source, "miou_convention", "detectron2")
+        if not self.hparams.things_only:
+            return names, seen, convention
+        is_thing = getattr(datamodule, "is_thing", None)
+        if is_thing is None:
+            raise ValueError("things_only needs a DataModule with `is_thing` (e.g. ovs.data.COCOPanopticDataModule).")
+        thing = torch.as_tensor(list(is_thing), dtype=torch.bool)  # [K_dataset]
+        self.class_map = torch.where(thing, thing.long().cumsum(0) - 1, -1).to(self.device)
+        names = [n for n, keep in zip(names, thing.tolist()) if keep]
+        if seen is not None:
+            seen = torch.as_tensor(seen)
+            seen = seen[thing.to(seen.device)]  # [K_things]
+        return names, seen, convention
+
+    def to_vocabulary(self, labels: Tensor) -> Tensor:
+        """Dataset class ids (any shape, negative = ignore) as vocabulary indices; :data:`IGNORE_INDEX` for classes
+        outside the vocabulary (``things_only``)."""
+        if self.class_map is None:
+            return labels
+        return torch.where(labels >= 0, self.class_map[labels.clamp_min(0)], IGNORE_INDEX)
 
     def on_test_start(self) -> None:
         names, seen, convention = self._vocabulary()
         self.classifier = build_text_classifier(self.clip, names, self.hparams.templates)
         self._embedders = self.embedders()
+        if self.generator is not None:
+            self.generator.to(self.device).eval()
+            self.generator.set_vocabulary(names)
         metrics: dict[str, nn.Module] = {}
         for name in self.embedder_names:
-            metrics[f"{name}_acc"] = RegionAccuracy(len(names), self.hparams.ks)
             metrics[f"{name}_sem"] = SemanticSegMetric(len(names), convention, IGNORE_INDEX, seen)
+            if self.generator is not None:
+                continue
+            metrics[f"{name}_acc"] = RegionAccuracy(len(names), self.hparams.ks)
             if seen is not None:
                 metrics[f"{name}_mask"] = MaskAccuracy(len(names), seen)
         self.metrics = nn.ModuleDict(metrics).to(self.device)
@@ -146,8 +193,11 @@ class RegionRetrieval(LightningModule):
             if info is not None and len(info) == len(masks):  # crowd regions are not queried (spec §9)
                 keep = torch.tensor([not segment.get("iscrowd", 0) for segment in info], dtype=torch.bool)
                 masks, labels = masks[keep], labels[keep]
-            return masks.to(self.device), labels.to(self.device)
-        return sem_seg_to_masks(batch["sem_seg"][index].to(self.device), self.classifier.num_classes)
+            labels = self.to_vocabulary(labels.to(self.device))
+            queried = labels >= 0
+            return masks.to(self.device)[queried], labels[queried]
+        sem_seg = self.to_vocabulary(batch["sem_seg"][index].to(self.device))  # [H, W]
+        return sem_seg_to_masks(sem_seg, self.classifier.num_classes)
 
     def class_scores(self, embeddings: Tensor) -> Tensor:
         """Cosine similarity of L2-normalised region embeddings ``[M, d]`` with every class (max over synonyms):
@@ -155,12 +205,43 @@ class RegionRetrieval(LightningModule):
         assert self.classifier is not None
         return self.classifier.merge_synonyms(embeddings @ self.classifier.embeddings.T, dim=1)
 
+    def _log_inversion(self, name: str, embedder: RegionEmbedder) -> None:
+        if isinstance(embedder, MaskInversionEmbedder) and embedder.last_result is not None:
+            result = embedder.last_result
+            self.log(f"test/{name}/dice_last", result.losses[-1].item(), batch_size=1)
+            self.log(f"test/{name}/seconds", sum(result.seconds.values()), batch_size=1)
+
+    def _generator_step(self, batch: dict[str, list[Any]]) -> None:
+        """Generator masks -> region embeddings -> ``logit_scale · cos`` -> Σ_q softmax · mask (MaskCLIP++ §8.5
+        without fusion) -> mIoU against the full ``sem_seg``."""
+        assert self.generator is not None and self.classifier is not None
+        if "sem_seg" not in batch:
+            raise ValueError("Mask classification with a generator scores mIoU: the DataModule must give `sem_seg`.")
+        k = self.classifier.num_classes
+        for index, proposal in enumerate(self.generator(batch)):
+            masks = proposal.masks.to(self.device).float()  # [Q, H, W] at the original size
+            image = batch["image"][index].to(self.device)  # [3, h, w]
+            query = resize_masks(masks, tuple(image.shape[-2:])).clamp(0, 1)  # [Q, h, w]
+            target = self.to_vocabulary(batch["sem_seg"][index].to(self.device))  # [H, W]
+            for name, embedder in self._embedders.items():
+                if masks.shape[0] == 0:
+                    scores = masks.new_zeros(0, k)
+                else:
+                    regions = query if name == "maskinversion" else query >= 0.5
+                    scores = self.hparams.logit_scale * self.class_scores(embedder.embed(image, regions))  # [Q, K]
+                    self._log_inversion(name, embedder)
+                prediction = semantic_inference(scores, masks, k).argmax(dim=0)  # [H, W]
+                self.metrics[f"{name}_sem"].update(prediction[None], target[None])
+
     def test_step(self, batch: dict[str, list[Any]], batch_idx: int) -> None:
         if torch.is_inference_mode_enabled():
             raise RuntimeError(
                 "RegionRetrieval optimises MaskInversion tokens with autograd: set `trainer.inference_mode: false` "
                 "in the config (or Trainer(inference_mode=False))."
             )
+        if self.generator is not None:
+            self._generator_step(batch)
+            return
         for index, image in enumerate(batch["image"]):
             masks, labels = self.query_masks(batch, index)
             if masks.shape[0] == 0:
@@ -172,12 +253,10 @@ class RegionRetrieval(LightningModule):
                 self.metrics[f"{name}_acc"].update(scores, labels)
                 if f"{name}_mask" in self.metrics:
                     self.metrics[f"{name}_mask"].update(predictions, labels)
-                target = torch.where(masks.any(dim=0), batch["sem_seg"][index].to(self.device), IGNORE_INDEX)
+                target = torch.where(masks.any(dim=0), self.to_vocabulary(batch["sem_seg"][index].to(self.device)),
+                                     IGNORE_INDEX)
                 self.metrics[f"{name}_sem"].update(paint_masks(masks, predictions)[None], target[None])
-                if isinstance(embedder, MaskInversionEmbedder) and embedder.last_result is not None:
-                    result = embedder.last_result
-                    self.log(f"test/{name}/dice_last", result.losses[-1].item(), batch_size=1)
-                    self.log(f"test/{name}/seconds", sum(result.seconds.values()), batch_size=1)
+                self._log_inversion(name, embedder)
 
     def on_test_epoch_end(self) -> None:
         for key, metric in self.metrics.items():
