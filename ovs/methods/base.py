@@ -114,6 +114,21 @@ def eval_datamodule(module: LightningModule) -> Any:
     return datamodule
 
 
+def log_test_overlays(module: Any, images: list[Tensor], predictions: list[Tensor], targets: list[Tensor]) -> None:
+    """Log image / prediction / label overlays of an eval-only method to TensorBoard (rank 0), at most
+    ``module.num_overlays`` per dataset (``module._overlays_logged`` counts them; ``module._palette`` colours them)."""
+    writer = getattr(module.logger, "experiment", None)
+    if module.global_rank != 0 or not hasattr(writer, "add_image") or module._palette is None:
+        return
+    for image, prediction, target in zip(images, predictions, targets):
+        if module._overlays_logged >= module.num_overlays:
+            return
+        image = resize_image(image.detach().cpu().to(torch.uint8), tuple(target.shape[-2:]))
+        log_overlay(writer, f"test/{module.dataset_name}/overlay_{module._overlays_logged}", image,
+                    prediction.cpu(), target.cpu(), module._palette)
+        module._overlays_logged += 1
+
+
 class DenseSegmenter(LightningModule):
     """Eval-only open-vocabulary semantic segmentation with a hooked CLIP ViT (training-free spec §1-§9).
 
@@ -415,13 +430,4 @@ class DenseSegmenter(LightningModule):
         self.metric.reset()
 
     def _log_overlays(self, images: list[Tensor], predictions: list[Tensor], targets: list[Tensor]) -> None:
-        writer = getattr(self.logger, "experiment", None)
-        if self.global_rank != 0 or not hasattr(writer, "add_image"):
-            return
-        for image, prediction, target in zip(images, predictions, targets):
-            if self._overlays_logged >= self.num_overlays:
-                return
-            image = resize_image(image.detach().cpu().to(torch.uint8), tuple(target.shape[-2:]))
-            log_overlay(writer, f"test/{self.dataset_name}/overlay_{self._overlays_logged}", image,
-                        prediction.cpu(), target.cpu(), self._palette)
-            self._overlays_logged += 1
+        log_test_overlays(self, images, predictions, targets)

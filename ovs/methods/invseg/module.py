@@ -21,10 +21,9 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from ovs.data import IGNORE_INDEX
-from ovs.data.transforms import resize_image
-from ovs.evaluation import SemanticSegMetric, log_overlay, log_per_class_iou_table, make_palette
+from ovs.evaluation import SemanticSegMetric, log_per_class_iou_table, make_palette
 from ovs.evaluation.semantic import CONVENTIONS
-from ovs.methods.base import eval_datamodule
+from ovs.methods.base import eval_datamodule, log_test_overlays
 from ovs.methods.invseg.filtering import ClassFilter
 from ovs.methods.invseg.inversion import InvSegConfig, PromptInverter
 from ovs.methods.invseg.prompt import BACKGROUND, build_prompts
@@ -200,13 +199,4 @@ class InvSeg(LightningModule):
         self.metric.reset()
 
     def _log_overlays(self, images: list[Tensor], predictions: list[Tensor], targets: list[Tensor]) -> None:
-        writer = getattr(self.logger, "experiment", None)
-        if self.global_rank != 0 or not hasattr(writer, "add_image") or self._palette is None:
-            return
-        for image, prediction, target in zip(images, predictions, targets):
-            if self._overlays_logged >= self.num_overlays:
-                return
-            image = resize_image(image.detach().cpu().to(torch.uint8), tuple(target.shape[-2:]))
-            log_overlay(writer, f"test/{self.dataset_name}/overlay_{self._overlays_logged}", image,
-                        prediction.cpu(), target.cpu(), self._palette)
-            self._overlays_logged += 1
+        log_test_overlays(self, images, predictions, targets)
