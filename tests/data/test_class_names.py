@@ -47,10 +47,12 @@ def test_ade150_vs_coco_panoptic_gives_64_seen_86_unseen() -> None:
     assert not mask[names.index("arcade machine")] and not mask[names.index("escalator")]
 
 
-def test_synonym_match_is_normalised() -> None:
+def test_synonym_match_is_exact_by_default_and_normalised_as_an_option() -> None:
     assert normalize_name(" Traffic-Light_pole ") == "trafficlightpole"
-    mask = seen_mask([["Traffic-light"], ["dog", "puppy"], ["zebra crossing"]], [["traffic light"], ["Puppy"]])
-    assert mask.tolist() == [True, True, False]
+    eval_names = [["Traffic-light"], ["dog", "puppy"], ["zebra crossing"], ["cat", "traffic light"]]
+    train_names = [["traffic light"], ["Puppy"]]
+    assert seen_mask(eval_names, train_names).tolist() == [False, False, False, True]
+    assert seen_mask(eval_names, train_names, match="normalized").tolist() == [True, True, False, True]
 
 
 def test_training_free_files_follow_sclip() -> None:
