@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ovs.data.class_names import load_class_names
 from ovs.generators.base import Batch, MaskGenerator, MaskProposals, original_sizes
-from ovs.generators.pickled import load_pickled_weights
+from ovs.generators.pickled import read_weights_file
 
 DEFAULT_ADD_CONFIG = ("detectron2.projects.deeplab.add_deeplab_config", "mask2former.add_maskformer2_config")
 
@@ -39,18 +39,15 @@ class _StopForward(Exception):
 def load_weights_file(path: str | Path) -> dict[str, Any]:
     """A detectron2 checkpoint dict (``{"model": {name: tensor / array}, ...}``) read without arbitrary code."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Generator weights not found: {path}. Download them (docs/maskclippp.md, "
-                                "'Mask generators') and pass the file as `weights`.")
+    data = read_weights_file(path, "Download the generator weights (docs/maskclippp.md, 'Mask generators') and "
+                                   "pass the file as `weights`.")
     if path.suffix == ".pkl":
-        data = load_pickled_weights(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path} does not hold a dict of weights.")
         if "model" in data and "__author__" in data:  # detectron2 model zoo: names already in detectron2 form
             return {"model": data["model"], "__author__": data["__author__"], "matching_heuristics": True}
         model = data.get("blobs", data.get("model", data))
         return {"model": model, "__author__": "Caffe2", "matching_heuristics": True}
-    data = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(data, dict):
         raise ValueError(f"{path} does not hold a state dict.")
     return data if "model" in data else {"model": data}

@@ -1,5 +1,6 @@
-"""Reading detectron2 / Caffe2 ``.pkl`` weight files without running arbitrary code (shared by the detectron2 adapter
-and the native generators)."""
+"""Reading generator weight files without running arbitrary code: detectron2 / Caffe2 ``.pkl`` through a restricted
+unpickler, ``.pth`` through ``torch.load(weights_only=True)`` (shared by the detectron2 adapter and the native
+generators)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 
 class WeightsUnpickler(pickle.Unpickler):
@@ -33,7 +35,14 @@ class WeightsUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def load_pickled_weights(path: Path) -> Any:
-    """The object stored in the ``.pkl`` weights file ``path`` (Python 2 pickles decoded as latin-1)."""
-    with path.open("rb") as handle:
-        return WeightsUnpickler(io.BufferedReader(handle), encoding="latin1").load()  # type: ignore[arg-type]
+def read_weights_file(path: str | Path, missing_hint: str) -> Any:
+    """The object stored in the weights file ``path``: ``.pkl`` with :class:`WeightsUnpickler` (Python 2 pickles
+    decoded as latin-1), anything else with ``torch.load(weights_only=True)``. A missing file raises
+    ``FileNotFoundError`` naming it, followed by ``missing_hint`` (where to get it, which argument takes it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found. {missing_hint}")
+    if path.suffix == ".pkl":
+        with path.open("rb") as handle:
+            return WeightsUnpickler(io.BufferedReader(handle), encoding="latin1").load()  # type: ignore[arg-type]
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -115,13 +115,19 @@ def test_invalid_inputs() -> None:
         SemanticSegMetric(3, "voc")
 
 
-def detectron2_reference(preds: list[np.ndarray], gts: list[np.ndarray], k: int) -> dict[str, float]:
-    """detectron2 SemSegEvaluator.process / evaluate (confusion matrix indexed [pred, gt], ignore -> K)."""
+def detectron2_confusion(preds: list[np.ndarray], gts: list[np.ndarray], k: int) -> np.ndarray:
+    """detectron2 SemSegEvaluator.process: ``[K + 1, K + 1]`` counts indexed [pred, gt], ignore (-1) -> K."""
     conf = np.zeros((k + 1, k + 1), dtype=np.int64)
     for pred, gt in zip(preds, gts):
         gt = gt.copy()
         gt[gt == -1] = k
         conf += np.bincount((k + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
+    return conf
+
+
+def detectron2_reference(preds: list[np.ndarray], gts: list[np.ndarray], k: int) -> dict[str, float]:
+    """detectron2 SemSegEvaluator.evaluate on :func:`detectron2_confusion`."""
+    conf = detectron2_confusion(preds, gts, k)
     acc, iou = np.full(k, np.nan), np.full(k, np.nan)
     tp = conf.diagonal()[:-1].astype(float)
     pos_gt = np.sum(conf[:-1, :-1], axis=0).astype(float)
@@ -142,11 +148,7 @@ def detectron2_reference(preds: list[np.ndarray], gts: list[np.ndarray], k: int)
 
 def detectron2_v06_reference(preds: list[np.ndarray], gts: list[np.ndarray], k: int) -> dict[str, float]:
     """detectron2 v0.6 SemSegEvaluator.evaluate: IoU set for classes with GT, mean divided by #(GT or prediction)."""
-    conf = np.zeros((k + 1, k + 1), dtype=np.int64)
-    for pred, gt in zip(preds, gts):
-        gt = gt.copy()
-        gt[gt == -1] = k
-        conf += np.bincount((k + 1) * pred.reshape(-1) + gt.reshape(-1), minlength=(k + 1) ** 2).reshape(k + 1, k + 1)
+    conf = detectron2_confusion(preds, gts, k)
     acc, iou = np.full(k, np.nan), np.full(k, np.nan)
     tp = conf.diagonal()[:-1].astype(float)
     pos_gt = np.sum(conf[:-1, :-1], axis=0).astype(float)

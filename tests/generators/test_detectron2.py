@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.generators.conftest import require_detectron2
+from tests.generators.conftest import maskclippp_on_fake_ade150, require_detectron2
 
 NUM_CLASSES = 133
 QUERIES = 7
@@ -130,21 +130,7 @@ def test_import_ovs_does_not_import_detectron2() -> None:
 def test_closed_vocabulary_mask2former_through_maskclippp(generator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Mask2Former's 133 COCO classes reach the 150 ADE classes through the look-up table; γ-fusion applies on the
     64 ADE classes seen in COCO-Panoptic (paper §4.1: 64 seen / 86 unseen) and every metric is produced."""
-    from lightning import Trainer
-
-    from ovs.data import ADE20KDataModule
-    from ovs.data.fake import write_fake_ade20k
-    from ovs.methods.maskclippp import MaskCLIPPP
-    from tests.conftest import TINY_VIT
-
-    write_fake_ade20k(tmp_path, num_images=2, height=32, width=48)
-    model = MaskCLIPPP(TINY_VIT, train_class_names="coco_panoptic", psm="linear", psm_width=16, templates="single",
-                       eval_psm="psm", generator=generator, gamma=0.2, panoptic_on=True, instance_on=True,
-                       object_mask_threshold=0.0)
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path)
-    metrics = trainer.test(model, datamodule=ADE20KDataModule(variant="150", task="panoptic", root=tmp_path),
-                           verbose=False)[0]
+    model, metrics = maskclippp_on_fake_ade150(generator, tmp_path)
     assert int(model.generator_seen.sum()) == 64
     (lut,) = model._luts.values()
     assert lut.shape == (NUM_CLASSES + 1,) and int(lut[-1]) == 150  # void -> the dropped extra slot

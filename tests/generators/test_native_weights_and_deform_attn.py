@@ -15,6 +15,7 @@ import torch
 
 from ovs.generators.native import NativeMask2Former, ms_deform_attn, read_checkpoint
 from ovs.generators.native.mask2former import resize_shortest_edge
+from tests.generators.conftest import maskclippp_on_fake_ade150
 
 TINY = dict(num_classes=5, num_queries=3, dec_layers=2, hidden_dim=32, conv_dim=32, mask_dim=32, enc_layers=1,
             nheads=4, dim_feedforward=16, training_vocabulary=[[f"class{i}"] for i in range(5)],
@@ -160,23 +161,9 @@ def test_tiny_generator_outputs(tiny: NativeMask2Former) -> None:
 def test_native_generator_through_maskclippp_without_detectron2(tmp_path: Path) -> None:
     """The closed 133-class native Mask2Former plugs into MaskCLIP++ like the adapter: COCO -> ADE look-up table,
     64 seen ADE classes, every metric produced."""
-    from lightning import Trainer
-
-    from ovs.data import ADE20KDataModule
-    from ovs.data.fake import write_fake_ade20k
-    from ovs.methods.maskclippp import MaskCLIPPP
-    from tests.conftest import TINY_VIT
-
     torch.manual_seed(0)
     generator = NativeMask2Former(**{**TINY, "num_classes": 133, "training_vocabulary": "coco_panoptic"})
-    write_fake_ade20k(tmp_path, num_images=2, height=32, width=48)
-    model = MaskCLIPPP(TINY_VIT, train_class_names="coco_panoptic", psm="linear", psm_width=16, templates="single",
-                       eval_psm="psm", generator=generator, gamma=0.2, panoptic_on=True, instance_on=True,
-                       object_mask_threshold=0.0)
-    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                      enable_model_summary=False, default_root_dir=tmp_path)
-    metrics = trainer.test(model, datamodule=ADE20KDataModule(variant="150", task="panoptic", root=tmp_path),
-                           verbose=False)[0]
+    model, metrics = maskclippp_on_fake_ade150(generator, tmp_path)
     assert int(model.generator_seen.sum()) == 64
     (lut,) = model._luts.values()
     assert int(lut[0]) == 12 and int(lut[-1]) == 150  # COCO person -> ADE person; void -> the dropped slot

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ovs.generators.pickled import load_pickled_weights
+from ovs.generators.pickled import read_weights_file
 
 IGNORED_PREFIXES = ("criterion.", "pixel_mean", "pixel_std")
 """Training-only buffers (``criterion.empty_weight``) and the normalisation, which comes from the config."""
@@ -90,14 +90,8 @@ def detectron2_to_native(state: dict[str, Any], fpn_levels: int = 1) -> tuple[di
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     """The model state dict of a ``.pkl`` / ``.pth`` checkpoint as tensors (either naming)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Mask2Former weights not found: {path}. Download the released model_final_*.pkl "
-                                "(docs/maskclippp.md, 'Mask generators') and pass it as `weights`.")
-    if path.suffix == ".pkl":
-        data = load_pickled_weights(path)
-    else:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+    data = read_weights_file(path, "Download the released Mask2Former model_final_*.pkl (docs/maskclippp.md, "
+                                   "'Mask generators') and pass it as `weights`.")
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict):
