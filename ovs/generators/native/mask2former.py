@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ovs.data.class_names import load_class_names
 from ovs.generators.base import Batch, MaskGenerator, MaskProposals, original_sizes
 from ovs.generators.native.pixel_decoder import MSDeformAttnPixelDecoder
-from ovs.generators.native.resnet import RESNET_CHANNELS, RESNET_STRIDES, ResNet50Backbone
+from ovs.generators.native.backbones import build_backbone
 from ovs.generators.native.transformer_decoder import MaskedAttentionDecoder
 from ovs.generators.native.weights import load_mask2former_weights
 
@@ -34,17 +34,18 @@ class Mask2Former(nn.Module):
     """Backbone + pixel decoder + masked-attention decoder; ``forward`` takes normalised, padded images
     ``[B, 3, H, W]`` (H, W divisible by 32) and returns ``pred_logits [B, Q, K + 1]``, ``pred_masks
     [B, Q, H/4, W/4]`` and ``aux_outputs`` (one dict per earlier decoder layer). ``class_head`` replaces the
-    decoder's linear classifier (FC-CLIP / MAFT+ head, :mod:`ovs.generators.native.class_head`)."""
+    decoder's linear classifier (FC-CLIP / MAFT+ head, :mod:`ovs.generators.native.class_head`); ``backbone`` names
+    one of :data:`~ovs.generators.native.backbones.BACKBONES`."""
 
     def __init__(self, num_classes: int = 133, num_queries: int = 100, hidden_dim: int = 256, conv_dim: int = 256,
                  mask_dim: int = 256, enc_layers: int = 6, enc_ffn_dim: int = 1024, dec_layers: int = 9,
                  nheads: int = 8, dim_feedforward: int = 2048,
                  pixel_mean: Sequence[float] = IMAGENET_MEAN_255, pixel_std: Sequence[float] = IMAGENET_STD_255,
-                 class_head: nn.Module | None = None) -> None:
+                 class_head: nn.Module | None = None, backbone: str = "R50") -> None:
         super().__init__()
-        self.backbone = ResNet50Backbone()
-        self.pixel_decoder = MSDeformAttnPixelDecoder(RESNET_CHANNELS, RESNET_STRIDES, conv_dim, mask_dim, enc_layers,
-                                                      nheads, ffn_dim=enc_ffn_dim)
+        self.backbone = build_backbone(backbone)
+        self.pixel_decoder = MSDeformAttnPixelDecoder(self.backbone.out_channels, self.backbone.out_strides, conv_dim,
+                                                      mask_dim, enc_layers, nheads, ffn_dim=enc_ffn_dim)
         self.decoder = MaskedAttentionDecoder(conv_dim, num_classes, hidden_dim, num_queries, nheads, dim_feedforward,
                                               dec_layers, mask_dim, class_head)
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(3, 1, 1), persistent=False)
@@ -82,6 +83,7 @@ class NativeMask2Former(MaskGenerator):
         input_format: ``RGB`` (the released R50 models) or ``BGR``.
         pixel_mean, pixel_std: normalisation in 0-255 units (the config's ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``; not
             stored in detectron2 checkpoints).
+        backbone: one of :data:`~ovs.generators.native.backbones.BACKBONES` (``R50``).
     """
 
     def __init__(self, weights: str | None = None, num_classes: int = 133, num_queries: int = 100,
@@ -90,12 +92,12 @@ class NativeMask2Former(MaskGenerator):
                  training_vocabulary: str | list[list[str]] = "coco_panoptic", min_size_test: int = 800,
                  max_size_test: int = 1333, size_divisibility: int = 32, input_format: str = "RGB",
                  pixel_mean: Sequence[float] = IMAGENET_MEAN_255,
-                 pixel_std: Sequence[float] = IMAGENET_STD_255) -> None:
+                 pixel_std: Sequence[float] = IMAGENET_STD_255, backbone: str = "R50") -> None:
         super().__init__()
         if input_format not in ("RGB", "BGR"):
             raise ValueError(f"input_format must be 'RGB' or 'BGR', got {input_format!r}.")
         self.model = Mask2Former(num_classes, num_queries, hidden_dim, conv_dim, mask_dim, enc_layers, enc_ffn_dim,
-                                 dec_layers, nheads, dim_feedforward, pixel_mean, pixel_std)
+                                 dec_layers, nheads, dim_feedforward, pixel_mean, pixel_std, backbone=backbone)
         if weights is not None:
             load_mask2former_weights(self.model, Path(weights), self.model.fpn_levels)
         self.model.eval().requires_grad_(False)

@@ -50,7 +50,7 @@ def vocabulary_label_map(dataset_names: list[list[str]], vocabulary: list[list[s
 
 
 class Mask2FormerModule(LightningModule):
-    """Mask2Former R50 training (closed vocabulary ``class_names``).
+    """Mask2Former training (closed vocabulary ``class_names``).
 
     Args:
         class_names: training vocabulary (class-name file or synonym lists, label order); K = its length.
@@ -65,6 +65,7 @@ class Mask2FormerModule(LightningModule):
         freeze_backbone: keep the backbone fixed (not in the reference R50 recipe, which trains it at 0.1 × LR;
             FC-CLIP-style frozen backbones, fast CPU runs).
         size_divisibility: padding multiple of the input (32).
+        backbone: one of :data:`~ovs.generators.native.backbones.BACKBONES` (``R50``).
     """
 
     def __init__(self, class_names: str | list[list[str]], weights: str | None = None, num_queries: int = 100,
@@ -74,7 +75,7 @@ class Mask2FormerModule(LightningModule):
                  eos_coef: float = 0.1, num_points: int | None = 12544, oversample_ratio: float = 3.0,
                  importance_sample_ratio: float = 0.75, lr: float = 1e-4, weight_decay: float = 0.05,
                  backbone_multiplier: float = 0.1, poly_power: float = 0.9, gradient_clip: float | None = 0.01,
-                 freeze_backbone: bool = False, size_divisibility: int = 32) -> None:
+                 freeze_backbone: bool = False, size_divisibility: int = 32, backbone: str = "R50") -> None:
         super().__init__()
         if lr <= 0 or weight_decay < 0 or backbone_multiplier < 0:
             raise ValueError(f"Need lr > 0, weight_decay >= 0, backbone_multiplier >= 0; got {lr}, {weight_decay}, "
@@ -91,10 +92,10 @@ class Mask2FormerModule(LightningModule):
         self.register_buffer("label_map", torch.arange(len(self.vocabulary)), persistent=False)
 
     @property
-    def model_sizes(self) -> dict[str, int]:
+    def model_sizes(self) -> dict[str, int | str]:
         """Constructor sizes shared by :class:`Mask2Former` and :class:`NativeMask2Former`."""
         keys = ("num_queries", "hidden_dim", "conv_dim", "mask_dim", "enc_layers", "enc_ffn_dim", "dec_layers",
-                "nheads", "dim_feedforward")
+                "nheads", "dim_feedforward", "backbone")
         return {k: self.hparams[k] for k in keys}
 
     def configure_models(self) -> None:

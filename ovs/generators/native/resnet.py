@@ -20,6 +20,9 @@ class ResNet50Backbone(nn.Module):
     """torchvision ResNet-50 trunk (no pooling head) returning ``{"res2": [B, 256, H/4, W/4], ..., "res5":
     [B, 2048, H/32, W/32]}``."""
 
+    out_channels = RESNET_CHANNELS
+    out_strides = RESNET_STRIDES
+
     def __init__(self) -> None:
         super().__init__()
         trunk = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
