@@ -8,7 +8,9 @@ memory per (model identity, text-weight versions, names, templates) and optional
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,16 @@ from ovs.data.class_names import validate_class_names
 
 _MEMORY_CACHE: dict[tuple, Tensor] = {}
 _MEMORY_CACHE_SIZE = 32
+_MODEL_TOKENS: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+_NEXT_TOKEN = itertools.count()
+
+
+def _model_token(model: torch.nn.Module) -> int:
+    """A number never reused for another model object (``id()`` is reused once a model is freed, which would hand
+    a new randomly initialised model the cached embeddings of a dead one)."""
+    if model not in _MODEL_TOKENS:
+        _MODEL_TOKENS[model] = next(_NEXT_TOKEN)
+    return _MODEL_TOKENS[model]
 
 
 @dataclass
@@ -83,7 +95,7 @@ def build_text_classifier(
     template_list = get_templates(templates)
     names = [name for synonyms in class_names for name in synonyms]
     name_to_class = torch.tensor([c for c, synonyms in enumerate(class_names) for _ in synonyms])
-    key = (clip.identity, id(clip.model), clip.text_versions(), tuple(names), template_list)
+    key = (clip.identity, _model_token(clip.model), clip.text_versions(), tuple(names), template_list)
     per_template = _MEMORY_CACHE.get(key)
     disk_file = None
     if per_template is None and cache_dir is not None and clip.pretrained is not None and clip.text_tower_unchanged:

@@ -83,6 +83,20 @@ def test_text_cache_invalidated_when_text_weights_change() -> None:
     assert not torch.allclose(first, second)
 
 
+def test_text_cache_key_is_never_reused_for_a_new_model() -> None:
+    """Random models of one config share ``identity`` and fresh parameter versions, and CPython hands a freed
+    object's address (``id()``) to the next one: a cache keyed on ``id`` would serve a dead model's embeddings to a
+    new one. The key's model token must differ for every model object ever seen."""
+    ids, tokens = [], []
+    for _ in range(20):
+        model = torch.nn.Linear(1, 1)
+        ids.append(id(model))
+        tokens.append(text_module._model_token(model))
+        del model
+    assert len(set(ids)) < len(ids)  # the addresses were reused, so this test can tell the two keys apart
+    assert len(set(tokens)) == len(tokens)
+
+
 def test_disk_cache_for_pretrained_weights(tmp_path: Path) -> None:
     ckpt = tmp_path / "tiny.pt"
     torch.save(create_clip(TINY_VIT).model.state_dict(), ckpt)
