@@ -2,6 +2,7 @@
 
     python tools/benchmark_generators.py                      # CPU, random weights, 3 images of 512 x 683
     python tools/benchmark_generators.py --device cuda --images 20 --clip-batch 1,4
+    python tools/benchmark_generators.py --backbone swin_t --only generator,native   # Mask2Former Swin-T
 
 Each part runs in its own process so that its peak memory (CPU: peak RSS; CUDA: max allocated) is its own:
 
@@ -9,6 +10,8 @@ Each part runs in its own process so that its peak memory (CPU: peak RSS; CUDA: 
   decoder layers, hidden 256; random weights, pure-PyTorch deformable attention) through ``Detectron2Generator``,
   short side 800 (detectron2's test resize), one image per forward as the reference;
 * ``native``: the same Mask2Former R50 in plain PyTorch (``ovs.generators.native.NativeMask2Former``, no detectron2);
+  ``--backbone swin_t`` / ``swin_l`` runs Mask2Former Swin-T (100 queries) / Swin-L 384 (200 queries) in both parts
+  (maskformer2's ``D2SwinTransformer`` / ``ovs.generators.native.swin``);
 * ``maskclippp``: ``MaskCLIPPP`` with a random ConvNeXt-B (``convnext_base_w_320``) and the pseudo-text PSM
   classifying Q = 100 soft masks per image against the 150 ADE classes (one template; text encoded once, not timed),
   CLIP short side 512; ``--clip-batch`` images per forward (the reference runs 1 per GPU).
@@ -53,6 +56,19 @@ MASK2FORMER_R50 = [
 ]  # fmt: skip
 
 
+BACKBONE_OPTS = {  # maskformer2_swin_tiny_bs16_50ep / maskformer2_swin_large_IN21k_384_bs16_100ep over the R50 config
+    "R50": [],
+    "swin_t": ["MODEL.BACKBONE.NAME", "D2SwinTransformer", "MODEL.SWIN.EMBED_DIM", "96",
+               "MODEL.SWIN.DEPTHS", "[2, 2, 6, 2]", "MODEL.SWIN.NUM_HEADS", "[3, 6, 12, 24]",
+               "MODEL.SWIN.WINDOW_SIZE", "7"],
+    "swin_l": ["MODEL.BACKBONE.NAME", "D2SwinTransformer", "MODEL.SWIN.EMBED_DIM", "192",
+               "MODEL.SWIN.DEPTHS", "[2, 2, 18, 2]", "MODEL.SWIN.NUM_HEADS", "[6, 12, 24, 48]",
+               "MODEL.SWIN.WINDOW_SIZE", "12", "MODEL.SWIN.PRETRAIN_IMG_SIZE", "384",
+               "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "200"],
+}  # fmt: skip
+QUERIES = {"R50": 100, "swin_t": 100, "swin_l": 200}
+
+
 def peak_memory_mib(device: str) -> float:
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
@@ -74,11 +90,11 @@ def run_generator(args: argparse.Namespace, native: bool = False) -> dict[str, f
     if native:
         from ovs.generators.native import NativeMask2Former
 
-        generator = NativeMask2Former().to(args.device)
+        generator = NativeMask2Former(backbone=args.backbone, num_queries=QUERIES[args.backbone]).to(args.device)
     else:
         from ovs.generators import Detectron2Generator
 
-        generator = Detectron2Generator(opts=MASK2FORMER_R50).to(args.device)
+        generator = Detectron2Generator(opts=[*MASK2FORMER_R50, *BACKBONE_OPTS[args.backbone]]).to(args.device)
     times = []
     for index, image in enumerate(images(args.images + 1, args.height, args.width)):
         batch = {"image": [image], "meta": [{"height": args.height, "width": args.width}]}
@@ -123,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--width", type=int, default=683)
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--backbone", default="R50", choices=sorted(BACKBONE_OPTS), help="Mask2Former backbone")
     parser.add_argument("--clip-batch", default="1,4", help="MaskCLIP++ images per forward, comma-separated")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--only", default=None, help="comma-separated parts to run: generator,native,maskclippp:B")
@@ -135,14 +152,15 @@ def main(argv: list[str] | None = None) -> None:
             result = run_maskclippp(args, int(batch))
         print(json.dumps(result))
         return
-    rows = [("Mask2Former R50 generator (short side 800, batch 1)", "generator")]
-    rows += [("Mask2Former R50 native, plain PyTorch (short side 800, batch 1)", "native")]
+    name = {"R50": "R50", "swin_t": "Swin-T", "swin_l": "Swin-L 384"}[args.backbone]
+    rows = [(f"Mask2Former {name} generator (short side 800, batch 1)", "generator")]
+    rows += [(f"Mask2Former {name} native, plain PyTorch (short side 800, batch 1)", "native")]
     rows += [(f"MaskCLIP++ ConvNeXt-B, {args.queries} masks (short side 512, batch {b})", f"maskclippp:{b}")
              for b in args.clip_batch.split(",")]
     if args.only is not None:
         rows = [row for row in rows if row[1] in args.only.split(",")]
     common = ["--device", args.device, "--images", str(args.images), "--height", str(args.height),
-              "--width", str(args.width), "--queries", str(args.queries)]
+              "--width", str(args.width), "--queries", str(args.queries), "--backbone", args.backbone]
     print(f"| part ({args.height} x {args.width} images, {args.device}) | ms / image | peak memory (MiB) |")
     print("|---|---|---|")
     for label, part in rows:

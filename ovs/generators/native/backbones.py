@@ -13,9 +13,12 @@ from collections.abc import Callable
 from torch import nn
 
 from ovs.generators.native.resnet import ResNet50Backbone
+from ovs.generators.native.swin import swin_l, swin_t
 
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "R50": ResNet50Backbone,
+    "swin_t": swin_t,
+    "swin_l": swin_l,
 }
 
 

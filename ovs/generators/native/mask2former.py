@@ -1,6 +1,6 @@
-"""Mask2Former R50 in plain PyTorch and its :class:`~ovs.generators.base.MaskGenerator` (maskclippp.md §8.2 steps
-1-4, §8.6): no detectron2 needed, the released detectron2 weights load through an explicit key map
-(:mod:`ovs.generators.native.weights`).
+"""Mask2Former (R50, Swin-T / Swin-L, ...) in plain PyTorch and its :class:`~ovs.generators.base.MaskGenerator`
+(maskclippp.md §8.2 steps 1-4, §8.6): no detectron2 needed, the released detectron2 weights load through an
+explicit key map (:mod:`ovs.generators.native.weights`).
 
 Per image, as the reference (batch 1): detectron2's ``ResizeShortestEdge`` (short side ``min_size_test``, long side
 at most ``max_size_test``, rounded sizes, PIL bilinear on uint8), ``(x - pixel_mean) / pixel_std``, zero padding
@@ -69,7 +69,7 @@ def resize_shortest_edge(height: int, width: int, short: int, long: int) -> tupl
 
 
 class NativeMask2Former(MaskGenerator):
-    """Closed-vocabulary Mask2Former R50 generator in plain PyTorch (same outputs as the detectron2 adapter).
+    """Closed-vocabulary Mask2Former generator in plain PyTorch (same outputs as the detectron2 adapter).
 
     Args:
         weights: released ``model_final_*.pkl`` / ``.pth`` (detectron2 or native naming); ``None`` keeps the random
@@ -83,7 +83,7 @@ class NativeMask2Former(MaskGenerator):
         input_format: ``RGB`` (the released R50 models) or ``BGR``.
         pixel_mean, pixel_std: normalisation in 0-255 units (the config's ``MODEL.PIXEL_MEAN`` / ``PIXEL_STD``; not
             stored in detectron2 checkpoints).
-        backbone: one of :data:`~ovs.generators.native.backbones.BACKBONES` (``R50``).
+        backbone: one of :data:`~ovs.generators.native.backbones.BACKBONES` (``R50``, ``swin_t``, ``swin_l``, ...).
     """
 
     def __init__(self, weights: str | None = None, num_classes: int = 133, num_queries: int = 100,

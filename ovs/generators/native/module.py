@@ -65,7 +65,7 @@ class Mask2FormerModule(LightningModule):
         freeze_backbone: keep the backbone fixed (not in the reference R50 recipe, which trains it at 0.1 × LR;
             FC-CLIP-style frozen backbones, fast CPU runs).
         size_divisibility: padding multiple of the input (32).
-        backbone: one of :data:`~ovs.generators.native.backbones.BACKBONES` (``R50``).
+        backbone: one of :data:`~ovs.generators.native.backbones.BACKBONES` (``R50``, ``swin_t``, ``swin_l``, ...).
     """
 
     def __init__(self, class_names: str | list[list[str]], weights: str | None = None, num_queries: int = 100,
@@ -161,7 +161,8 @@ class Mask2FormerModule(LightningModule):
             for name, parameter in module.named_parameters(recurse=False):
                 if not parameter.requires_grad:
                     continue
-                no_decay = isinstance(module, NO_DECAY_LAYERS) or name == "logit_scale"
+                no_decay = isinstance(module, NO_DECAY_LAYERS) or name in (  # Swin: WEIGHT_DECAY_EMBED 0
+                    "logit_scale", "relative_position_bias_table")
                 groups.setdefault((module_name.startswith("backbone."), no_decay), []).append(parameter)
         param_groups = [
             {"params": params, "lr": hp.lr * (hp.backbone_multiplier if backbone else 1.0),

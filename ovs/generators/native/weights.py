@@ -5,7 +5,8 @@ possibly under ``"model"``) are read without running code from the file (``.pkl`
 rebuilds dicts, lists, tuples, numpy arrays / scalars, numbers and strings; ``.pth``:
 ``torch.load(weights_only=True)``) and renamed through the explicit rules of :data:`KEY_RULES`. Every checkpoint tensor
 must land on a model tensor of the same shape and every model tensor must be filled, else one error names the file and
-the first unmatched keys.
+the first unmatched keys. The Swin backbones keep maskformer2's module names (identity rules); the buffers a Swin
+checkpoint may carry that follow from the window size (:data:`DERIVED_BUFFERS`) are dropped and recomputed.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from ovs.generators.pickled import read_weights_file
 
 IGNORED_PREFIXES = ("criterion.", "pixel_mean", "pixel_std")
 """Training-only buffers (``criterion.empty_weight``) and the normalisation, which comes from the config."""
+
+DERIVED_BUFFERS = re.compile(r"backbone\.layers\.\d+\.blocks\.\d+\.(attn\.relative_position_index|attn_mask)")
+"""Swin buffers that maskformer2's ``state_dict()`` carries (``relative_position_index``; other Swin ports also store
+``attn_mask``) but that are functions of the window size and input size: the native model recomputes them (the
+shape of ``relative_position_bias_table`` pins the window)."""
 
 _D2_HEAD = "sem_seg_head."
 
@@ -49,6 +55,15 @@ def _rules(fpn_levels: int) -> list[tuple[str, str | Callable[[re.Match[str]], s
          lambda m: f"backbone.layer{int(m.group(1)) - 1}.{m.group(2)}.downsample.0.weight"),
         (r"backbone\.res([2-5])\.(\d+)\.shortcut\.norm\.(\w+)",
          lambda m: f"backbone.layer{int(m.group(1)) - 1}.{m.group(2)}.downsample.1.{m.group(3)}"),
+        # Swin (maskformer2 D2SwinTransformer): the native modules keep the reference names (native/swin.py)
+        (r"backbone\.patch_embed\.(proj|norm)\.(weight|bias)", r"backbone.patch_embed.\1.\2"),
+        (r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.(norm[12]|attn\.qkv|attn\.proj|mlp\.fc[12])\.(weight|bias)",
+         r"backbone.layers.\1.blocks.\2.\3.\4"),
+        (r"backbone\.layers\.(\d+)\.blocks\.(\d+)\.attn\.relative_position_bias_table",
+         r"backbone.layers.\1.blocks.\2.attn.relative_position_bias_table"),
+        (r"backbone\.layers\.(\d+)\.downsample\.(reduction\.weight|norm\.weight|norm\.bias)",
+         r"backbone.layers.\1.downsample.\2"),
+        (r"backbone\.norm([0-3])\.(weight|bias)", r"backbone.norm\1.\2"),
         (r"sem_seg_head\.pixel_decoder\.input_proj\.(\d+)\.([01])\.(weight|bias)", r"pixel_decoder.input_proj.\1.\2.\3"),
         (r"sem_seg_head\.pixel_decoder\.transformer\.level_embed", "pixel_decoder.level_embed"),
         (r"sem_seg_head\.pixel_decoder\.transformer\.encoder\.layers\.(\d+)\.(.+)", r"pixel_decoder.layers.\1.\2"),
@@ -76,7 +91,7 @@ def detectron2_to_native(state: dict[str, Any], fpn_levels: int = 1) -> tuple[di
     renamed: dict[str, Any] = {}
     unmatched: list[str] = []
     for key, value in state.items():
-        if key.startswith(IGNORED_PREFIXES):
+        if key.startswith(IGNORED_PREFIXES) or DERIVED_BUFFERS.fullmatch(key):
             continue
         for pattern, replacement in rules:
             match = pattern.fullmatch(key)
@@ -116,6 +131,7 @@ def load_mask2former_weights(model: nn.Module, path: str | Path, fpn_levels: int
         raise ValueError(
             f"{path} does not fit the native Mask2Former: {len(unmatched)} unmatched checkpoint keys {unmatched[:5]}, "
             f"{len(missing)} missing model keys {missing[:5]}, {len(mismatched)} shape mismatches {mismatched[:3]}. "
-            "Set num_classes / num_queries / dec_layers (DEC_LAYERS - 1) to the checkpoint's config."
+            "Set backbone (R50 / swin_t / swin_l) and num_classes / num_queries / dec_layers (DEC_LAYERS - 1) to the "
+            "checkpoint's config."
         )
     model.load_state_dict({key: value.to(expected[key].dtype) for key, value in state.items()})
