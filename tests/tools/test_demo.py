@@ -33,5 +33,10 @@ def test_quick_demo_produces_a_finite_table_above_its_floors(tmp_path: Path) -> 
         assert all(math.isfinite(row[key]) for key in ("mIoU", "mIoU_seen", "mIoU_unseen"))
         assert 0.0 <= row["mIoU"] <= 100.0
     assert all(math.isfinite(row["mask_acc"]) for row in rows if "GT masks" in row["method"])
+    generator = [row for row in rows if "toy generator" in row["method"]]
+    assert [row["method"] for row in generator] == ["MaskCLIP++ + toy generator, γ 0",
+                                                    "MaskCLIP++ + toy generator, γ 0.4"]
+    assert all(math.isfinite(generator[0][key]) for key in ("PQ", "AP"))  # γ 0: panoptic and instance on
+    assert "PQ" not in generator[1] and "AP" not in generator[1]  # γ 0.4: the semantic protocol only
     assert len(list(runs[0].glob("overlay_*.png"))) == len(training_free)
     check_demo_floors(rows)

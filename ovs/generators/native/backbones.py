@@ -14,11 +14,13 @@ from torch import nn
 
 from ovs.generators.native.resnet import ResNet50Backbone
 from ovs.generators.native.swin import swin_l, swin_t
+from ovs.generators.native.tiny_resnet import TinyResNetBackbone
 
 BACKBONES: dict[str, Callable[[], nn.Module]] = {
     "R50": ResNet50Backbone,
     "swin_t": swin_t,
     "swin_l": swin_l,
+    "resnet_tiny": TinyResNetBackbone,
 }
 
 
