@@ -187,6 +187,10 @@ class OVSCLI(LightningCLI):
         except OVSError:
             raise
         except Exception as err:
+            root = root_cause(err)
+            if isinstance(root, (OVSError, FileNotFoundError)):  # names its file and the fix (e.g. a generator's)
+                message = " ".join(line.strip() for line in str(root).splitlines() if line.strip())
+                raise OVSError(f"Building the model / data / trainer of the config failed: {message}") from err
             weights = self._active_config().get("model.init_args.pretrained")
             hint = f" (model weights: {weights})" if isinstance(weights, str) else ""
             message = short_message(err)
@@ -212,11 +216,19 @@ _PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtype
                  "- Expected a <class 'NoneType'>", "Given value type:", "Given value:")
 
 
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception of ``err``'s ``raise ... from`` chain (jsonargparse wraps a class's own error in one
+    union-type error per nesting level)."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return err
+
+
 def short_message(err: BaseException, max_lines: int = 3) -> str:
     """The message of ``err`` in at most ``max_lines`` lines (+ one saying how many were cut); jsonargparse's
     union-type boilerplate is dropped so the line naming the bad key or class remains."""
     lines = [line.rstrip() for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
-    kept = [line for line in lines if not line.strip().startswith(_PARSER_NOISE)]
+    kept = [line for line in lines if not line.strip().removeprefix("- ").startswith(_PARSER_NOISE)]
     if len(kept) < len(lines):
         lines = [" ".join(line.strip().removeprefix("- ") for line in kept)] or lines[:1]
     if len(lines) > max_lines:

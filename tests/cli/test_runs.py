@@ -325,6 +325,20 @@ def test_debug_shows_the_traceback_and_wrong_weights_name_the_file(workdir: Path
     assert len(lines) <= 5 and str(weights) in lines[0], lines
 
 
+@pytest.mark.parametrize("config", ["maskclip++_convnext_b_m2f_swin_t.yaml",
+                                    "maskclip++_convnext_b_m2f_r50_native.yaml"])
+def test_missing_generator_weights_name_the_generator_file(config: str, workdir: Path, capsys) -> None:
+    """The generator's own message (its file and the fix) on one line, without jsonargparse's nested union-type
+    wrapping and without the MaskCLIP++ CLIP's weights, which are not the problem."""
+    missing = workdir / "model_final_missing.pkl"
+    assert eval_main(["--config", config, "--datasets", "ade150",
+                      f"--model.init_args.generator.init_args.weights={missing}"]) == 1
+    lines = error_lines(capsys)
+    assert len(lines) == 2 and lines[0].startswith("error: ") and f"{missing} not found" in lines[0], lines
+    assert "Download the released Mask2Former" in lines[0], lines
+    assert "Union" not in lines[0] and "model weights:" not in lines[0], lines
+
+
 # 7 ------------------------------------------------------------------------------------------------------------------
 
 
