@@ -3,6 +3,7 @@
     python tools/benchmark_generators.py                      # CPU, random weights, 3 images of 512 x 683
     python tools/benchmark_generators.py --device cuda --images 20 --clip-batch 1,4
     python tools/benchmark_generators.py --backbone swin_t --only generator,native   # Mask2Former Swin-T
+    python tools/benchmark_generators.py --device cuda --images 20 --only generator,native --dtype bfloat16
 
 Each part runs in its own process so that its peak memory (CPU: peak RSS; CUDA: max allocated) is its own:
 
@@ -96,11 +97,13 @@ def run_generator(args: argparse.Namespace, native: bool = False) -> dict[str, f
 
         generator = Detectron2Generator(opts=[*MASK2FORMER_R50, *BACKBONE_OPTS[args.backbone]]).to(args.device)
     times = []
+    device_type = torch.device(args.device).type
     for index, image in enumerate(images(args.images + 1, args.height, args.width)):
         batch = {"image": [image], "meta": [{"height": args.height, "width": args.width}]}
         sync(args.device)
         start = time.perf_counter()
-        generator(batch)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16"):
+            generator(batch)
         sync(args.device)
         if index:
             times.append(time.perf_counter() - start)
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=683)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--backbone", default="R50", choices=sorted(BACKBONE_OPTS), help="Mask2Former backbone")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                        help="generator parts: bfloat16 runs them under autocast (the reference runs fp32)")
     parser.add_argument("--clip-batch", default="1,4", help="MaskCLIP++ images per forward, comma-separated")
     parser.add_argument("--part", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--only", default=None, help="comma-separated parts to run: generator,native,maskclippp:B")
@@ -160,8 +165,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.only is not None:
         rows = [row for row in rows if row[1] in args.only.split(",")]
     common = ["--device", args.device, "--images", str(args.images), "--height", str(args.height),
-              "--width", str(args.width), "--queries", str(args.queries), "--backbone", args.backbone]
-    print(f"| part ({args.height} x {args.width} images, {args.device}) | ms / image | peak memory (MiB) |")
+              "--width", str(args.width), "--queries", str(args.queries), "--backbone", args.backbone,
+              "--dtype", args.dtype]
+    print(f"| part ({args.height} x {args.width} images, {args.device}, generators {args.dtype}) | ms / image | "
+          "peak memory (MiB) |")
     print("|---|---|---|")
     for label, part in rows:
         output = subprocess.run([sys.executable, __file__, *common, "--part", part], check=True,
