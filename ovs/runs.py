@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -217,6 +218,21 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{commit}+dirty" if dirty else commit
+
+
+def machine_description() -> str:
+    """One line describing the CPU a run used: its model name (``/proc/cpuinfo``, else ``platform``), the visible
+    logical cores and torch's version and thread count."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = torch.get_num_threads()
+    return f"{cpu}, {os.cpu_count()} logical cores visible, torch {torch.__version__} with {threads} threads"
 
 
 def ovs_version() -> str:

@@ -22,7 +22,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -41,11 +40,12 @@ from rich.progress import (  # noqa: E402
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from torch import Tensor, nn  # noqa: E402
+from torch import nn  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
 from ovs.backbones import BlockOverride, CLIPViT, ViTPolicy, register_model_configs  # noqa: E402
 from ovs.backbones.templates import TEMPLATE_SETS  # noqa: E402
+from ovs.runs import machine_description  # noqa: E402
 from ovs.data.synthetic.checkpoint import load_pruned_clip_state, save_pruned_clip  # noqa: E402
 from ovs.data.synthetic.classes import CLASSES, NUM_CLASSES, SEEN_CLASSES, UNSEEN_CLASSES  # noqa: E402
 from ovs.data.synthetic.generate import DEFAULT_ROOT, GENERATOR_VERSION, generate_split  # noqa: E402
@@ -255,20 +255,6 @@ def train(args: argparse.Namespace, model: nn.Module, tokenizer: Any, writer: Su
     }
 
 
-def machine() -> str:
-    """One line describing the CPU the run used."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    threads = torch.get_num_threads()
-    return f"{cpu}, {os.cpu_count()} logical cores visible, torch {torch.__version__} with {threads} threads"
-
-
 def fmt(metrics: dict[str, float], key: str) -> str:
     """A metric rounded for the card."""
     return f"{metrics[key]:.1f}"
@@ -405,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "num_kept_tokens": len(kept),
         "generator_version": GENERATOR_VERSION,
         "model_config": cfg,
-        "machine": machine(),
+        "machine": machine_description(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "training": stats,
         "metrics": {k: round(v, 2) for k, v in metrics.items()},

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from ovs.generators.native import NativeMask2Former
 from ovs.generators.native.module import poly_multiplier
 from ovs.methods.maskclippp.fusion import train_to_test_lut
 from ovs.methods.maskclippp.postprocess import panoptic_inference
+from ovs.runs import machine_description
 
 CONFIG = "mask2former_toy_synthetic.yaml"
 OUT = REPO_ROOT / "checkpoints" / "ovs_toy_generator"
@@ -177,18 +177,6 @@ def export_weights(module: Any, path: Path) -> float:
     return megabytes
 
 
-def machine() -> str:
-    """CPU model, visible cores and torch threads."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        lines = cpuinfo.read_text().splitlines()
-        names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-        model = names[0] if names else model
-    threads = torch.get_num_threads()
-    return f"{model}, {os.cpu_count()} logical cores visible, torch {torch.__version__} with {threads} threads"
-
-
 def write_card(out: Path, record: dict[str, Any]) -> None:
     """``<out>.json`` (the record) and ``<out>.md`` (the model card)."""
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
@@ -324,7 +312,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                          "max_steps": cli.trainer.max_steps,
                          "time_budget_minutes": args.time_budget, "lr": hp.lr, "gradient_clip": hp.gradient_clip,
                          "wall_minutes": wall / 60,
-                         "machine": machine(), "load_before": load_before, "load_after": load_average(),
+                         "machine": machine_description(), "load_before": load_before, "load_after": load_average(),
                          "loss_first": loss_first, "loss_last": loss_last,
                          "date": time.strftime("%Y-%m-%d", time.gmtime())},
             "generator": {"class_path": "ovs.generators.native.NativeMask2Former",

@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
+
+from ovs.generators.native import detectron2_to_native
 
 
 def require_detectron2() -> None:
@@ -20,6 +23,25 @@ def require_detectron2() -> None:
         if os.environ.get("CI") == "true":
             pytest.fail(f"detectron2 / Mask2Former must be installed in CI (make install-detectron2): {error}")
         pytest.skip(f"detectron2 / Mask2Former not installed (make install-detectron2): {error}")
+
+
+def load_maskformer2_state(native: Any, reference: torch.nn.Module) -> None:
+    """Fill the native Mask2Former of ``native`` (a ``NativeMask2Former``) with ``reference``'s (maskformer2's
+    ``MaskFormer``) weights through the key map: every reference key must map and every native tensor be filled."""
+    state, unmatched = detectron2_to_native(reference.state_dict(), native.model.fpn_levels)
+    assert unmatched == []
+    result = native.model.load_state_dict(state, strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+
+
+def assert_released_shapes(native: Any, reference: torch.nn.Module) -> None:
+    """``native``'s Mask2Former has exactly the tensor names (after the key map) and shapes of maskformer2's
+    ``reference``, and as many parameters."""
+    state, unmatched = detectron2_to_native(reference.state_dict(), native.model.fpn_levels)
+    assert unmatched == []
+    assert {k: tuple(v.shape) for k, v in native.model.state_dict().items()} == {
+        k: tuple(v.shape) for k, v in state.items()}
+    assert sum(v.numel() for v in native.model.parameters()) == sum(v.numel() for v in reference.parameters())
 
 
 def maskclippp_on_fake_ade150(generator: Any, root: Path) -> tuple[Any, dict[str, float]]:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ovs.generators.native import NativeMask2Former, detectron2_to_native
-from tests.generators.conftest import require_detectron2
+from ovs.generators.native import NativeMask2Former
+from tests.generators.conftest import assert_released_shapes, load_maskformer2_state, require_detectron2
 from tests.generators.test_detectron2 import MASK2FORMER_R50_OPTS
 
 NUM_CLASSES, QUERIES, DEC_LAYERS, ENC_LAYERS = 133, 7, 4, 2
@@ -36,10 +36,7 @@ def pair() -> tuple[object, NativeMask2Former]:
             elif name.endswith("running_var"):
                 buffer.mul_(torch.rand_like(buffer) + 0.5)
     native = NativeMask2Former(**NATIVE_SIZES)
-    state, unmatched = detectron2_to_native(reference.model.state_dict(), native.model.fpn_levels)
-    assert unmatched == []
-    result = native.model.load_state_dict(state, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
+    load_maskformer2_state(native, reference.model)
     return reference, native
 
 
@@ -105,9 +102,4 @@ def test_paper_size_config_has_the_shapes_of_maskformer2_r50() -> None:
         "MODEL.MASK_FORMER.DIM_FEEDFORWARD", "2048", "MODEL.MASK_FORMER.DEC_LAYERS", "10",
     ]  # fmt: skip
     reference = Detectron2Generator(opts=[*MASK2FORMER_R50_OPTS, *paper])
-    state, unmatched = detectron2_to_native(reference.model.state_dict(), native.model.fpn_levels)
-    assert unmatched == []
-    expected = {k: tuple(v.shape) for k, v in state.items()}
-    assert {k: tuple(v.shape) for k, v in native.model.state_dict().items()} == expected
-    assert sum(v.numel() for v in native.model.parameters()) == sum(
-        v.numel() for v in reference.model.parameters())
+    assert_released_shapes(native, reference.model)

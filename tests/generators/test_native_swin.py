@@ -18,7 +18,7 @@ import yaml
 from ovs.generators.native import NativeMask2Former, detectron2_to_native, swin
 from ovs.generators.native.backbones import BACKBONES
 from ovs.generators.native.swin import SwinBackbone, relative_position_index, shifted_window_mask
-from tests.generators.conftest import require_detectron2
+from tests.generators.conftest import assert_released_shapes, load_maskformer2_state, require_detectron2
 from tests.generators.test_detectron2 import MASK2FORMER_R50_OPTS
 
 EMBED, DEPTHS, HEADS, WINDOW = 32, (2, 2, 2, 2), (1, 2, 4, 8), 7
@@ -195,10 +195,7 @@ def pair() -> Iterator[tuple[object, NativeMask2Former]]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(BACKBONES, TINY_SWIN, partial(SwinBackbone, EMBED, DEPTHS, HEADS, WINDOW))
         native = NativeMask2Former(**NATIVE_SIZES)
-    state, unmatched = detectron2_to_native(reference.model.state_dict(), native.model.fpn_levels)
-    assert unmatched == []
-    result = native.model.load_state_dict(state, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
+    load_maskformer2_state(native, reference.model)
     yield reference, native
 
 
@@ -284,11 +281,7 @@ def test_paper_size_configs_have_the_shapes_of_maskformer2_swin(name: str) -> No
     with torch.device("meta"):
         native = NativeMask2Former(**{k: v for k, v in generator["init_args"].items() if k != "weights"})
     assert generator["init_args"]["backbone"] == name
-    state, unmatched = detectron2_to_native(reference.state_dict(), native.model.fpn_levels)
-    assert unmatched == []
-    assert {k: tuple(v.shape) for k, v in native.model.state_dict().items()} == {
-        k: tuple(v.shape) for k, v in state.items()}
-    assert sum(v.numel() for v in native.model.parameters()) == sum(v.numel() for v in reference.parameters())
+    assert_released_shapes(native, reference)
 
 
 def test_training_keeps_the_relative_position_bias_free_of_weight_decay(tiny_swin_registered: None) -> None:

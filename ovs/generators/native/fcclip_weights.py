@@ -22,14 +22,10 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
 from torch import Tensor, nn
 
-from ovs.generators.native.weights import detectron2_to_native
-from ovs.generators.pickled import read_weights_file
+from ovs.generators.native.weights import check_fit, detectron2_to_native, read_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -58,17 +54,6 @@ FCCLIP_RULES: list[tuple[str, str]] = [
 MISSING_HINT = ("Download the generator weights listed in docs/maskclippp.md ('Native FC-CLIP / MAFT+ generators': "
                 "FC-CLIP fcclip_coco-pan_*.pth, MAFT+ maftp_*.pth) into checkpoints/generators/ and pass the file as "
                 "`weights`.")
-
-
-def read_state_dict(path: Path) -> dict[str, Tensor]:
-    """The state dict of a ``.pth`` / ``.pkl`` checkpoint (under ``"model"`` or at the top level) as tensors."""
-    data: Any = read_weights_file(path, MISSING_HINT)
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} does not hold a state dict (got {type(data).__name__}).")
-    return {key: value if isinstance(value, Tensor) else torch.as_tensor(np.asarray(value))
-            for key, value in data.items()}
 
 
 def _fcclip_name(key: str) -> str | None:
@@ -106,19 +91,7 @@ def split_fcclip_state(state: dict[str, Tensor], fpn_levels: int = 1
     return head, clip, dropped, unmatched + rest
 
 
-def _check(path: Path, what: str, state: dict[str, Tensor], expected: dict[str, Tensor], unmatched: list[str],
-           allow_missing: bool) -> None:
-    """One error naming ``path`` and the first unmatched / missing keys and shape mismatches."""
-    unmatched = unmatched + [key for key in state if key not in expected]
-    mismatched = [f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-                  for key in state if key in expected and state[key].shape != expected[key].shape]
-    missing = [] if allow_missing else [key for key in expected if key not in state]
-    if unmatched or mismatched or missing:
-        raise ValueError(
-            f"{path} does not fit the {what}: {len(unmatched)} unmatched checkpoint keys {unmatched[:5]}, "
-            f"{len(missing)} missing model keys {missing[:5]}, {len(mismatched)} shape mismatches {mismatched[:3]}. "
-            "Set clip_model / num_queries / dec_layers to the checkpoint's config (FC-CLIP 250 queries, MAFT+ 100)."
-        )
+FIT_HINT = "Set clip_model / num_queries / dec_layers to the checkpoint's config (FC-CLIP 250 queries, MAFT+ 100)."
 
 
 def load_fcclip_weights(head: nn.Module, clip_model: nn.Module, path: Path, clip_from_checkpoint: bool,
@@ -129,16 +102,17 @@ def load_fcclip_weights(head: nn.Module, clip_model: nn.Module, path: Path, clip
     CLIP tensors the checkpoint lacks keep their ``clip_pretrained`` values (the reference loads with
     ``strict=False`` over the open_clip release) and are logged; without pretrained weights they are an error.
     """
-    state = read_state_dict(path)
+    state = read_checkpoint(path, MISSING_HINT)
     head_state, clip_state, dropped, unmatched = split_fcclip_state(state, head.fpn_levels)  # type: ignore[arg-type]
-    _check(path, "FC-CLIP head (sem_seg_head.*, void_embedding.weight)", head_state, head.state_dict(), unmatched,
-           allow_missing=False)
+    check_fit(path, "FC-CLIP head (sem_seg_head.*, void_embedding.weight)", head_state, head.state_dict(), unmatched,
+              allow_missing=False, fix=FIT_HINT)
     if clip_from_checkpoint:
         if not clip_state:
             raise ValueError(f"{path} has no {CLIP_PREFIX}* tensors; clip_from_checkpoint=True needs a MAFT+ "
                              "checkpoint (set it to false for FC-CLIP's head-only files).")
         expected = clip_model.state_dict()
-        _check(path, f"generator CLIP ({CLIP_PREFIX}*)", clip_state, expected, [], allow_missing=clip_has_pretrained)
+        check_fit(path, f"generator CLIP ({CLIP_PREFIX}*)", clip_state, expected, [],
+                  allow_missing=clip_has_pretrained, fix=FIT_HINT)
         kept = [key for key in expected if key not in clip_state]
         if kept:
             logger.warning("%s lacks %d generator-CLIP tensors (e.g. %s); they keep the clip_pretrained weights.",

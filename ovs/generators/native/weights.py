@@ -103,10 +103,14 @@ def detectron2_to_native(state: dict[str, Any], fpn_levels: int = 1) -> tuple[di
     return renamed, unmatched
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
-    """The model state dict of a ``.pkl`` / ``.pth`` checkpoint as tensors (either naming)."""
-    data = read_weights_file(path, "Download the released Mask2Former model_final_*.pkl (docs/maskclippp.md, "
-                                   "'Mask generators') and pass it as `weights`.")
+MISSING_HINT = ("Download the released Mask2Former model_final_*.pkl (docs/maskclippp.md, 'Mask generators') and pass "
+                "it as `weights`.")
+
+
+def read_checkpoint(path: str | Path, missing_hint: str = MISSING_HINT) -> dict[str, Tensor]:
+    """The model state dict (under ``"model"`` or at the top level) of a ``.pkl`` / ``.pth`` checkpoint as tensors;
+    ``missing_hint`` is the fix a missing file's error gives."""
+    data = read_weights_file(path, missing_hint)
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict):
@@ -123,15 +127,24 @@ def load_mask2former_weights(model: nn.Module, path: str | Path, fpn_levels: int
     if any(key.startswith(_D2_HEAD) for key in state):
         state, unmatched = detectron2_to_native(state, fpn_levels)
     expected = model.state_dict()
-    unmatched += [key for key in state if key not in expected]
+    check_fit(path, "native Mask2Former", state, expected, unmatched, allow_missing=False,
+              fix="Set backbone (R50 / swin_t / swin_l) and num_classes / num_queries / dec_layers (DEC_LAYERS - 1) "
+                  "to the checkpoint's config.")
+    model.load_state_dict({key: value.to(expected[key].dtype) for key, value in state.items()})
+
+
+def check_fit(path: str | Path, what: str, state: dict[str, Tensor], expected: dict[str, Tensor],
+              unmatched: list[str], allow_missing: bool, fix: str) -> None:
+    """Raise one ``ValueError`` naming ``path``, the first checkpoint keys without a model tensor (``unmatched`` and
+    the renamed keys ``expected`` lacks), the first model tensors left unfilled (unless ``allow_missing``) and the
+    first shape mismatches, then ``fix``."""
+    unmatched = unmatched + [key for key in state if key not in expected]
     mismatched = [f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
                   for key in state if key in expected and state[key].shape != expected[key].shape]
-    missing = [key for key in expected if key not in state]
+    missing = [] if allow_missing else [key for key in expected if key not in state]
     if unmatched or mismatched or missing:
         raise ValueError(
-            f"{path} does not fit the native Mask2Former: {len(unmatched)} unmatched checkpoint keys {unmatched[:5]}, "
+            f"{path} does not fit the {what}: {len(unmatched)} unmatched checkpoint keys {unmatched[:5]}, "
             f"{len(missing)} missing model keys {missing[:5]}, {len(mismatched)} shape mismatches {mismatched[:3]}. "
-            "Set backbone (R50 / swin_t / swin_l) and num_classes / num_queries / dec_layers (DEC_LAYERS - 1) to the "
-            "checkpoint's config."
+            f"{fix}"
         )
-    model.load_state_dict({key: value.to(expected[key].dtype) for key, value in state.items()})
